@@ -1,0 +1,60 @@
+"""Models by name: the embedded zoo, randomly initialised toy shapes, and real-checkpoint adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .base import Adapter
+
+_LOADERS: dict[str, Callable[..., Adapter]] = {}
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "zoo" / "weights"
+
+
+def register_model(name: str, loader: Callable[..., Adapter], overwrite: bool = False) -> None:
+    """Make ``load_model(name)`` call ``loader(**kwargs)``."""
+    if name in _LOADERS and not overwrite:
+        raise ValueError(f"model {name!r} is already registered")
+    _LOADERS[name] = loader
+
+
+def known_models() -> list[str]:
+    """All registered names, shipped zoo weights included."""
+    _register_zoo()
+    return sorted(_LOADERS)
+
+
+def load_model(name: str, **kwargs) -> Adapter:
+    """Build the adapter registered as ``name``; unknown names raise ValueError listing the known ones."""
+    _register_zoo()
+    if name not in _LOADERS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(_LOADERS))}")
+    return _LOADERS[name](**kwargs)
+
+
+def _register_zoo() -> None:
+    """Register every shipped weights folder (``zoo/weights/<name>/``) under its folder name."""
+    from .toy import ToyDMLLM
+
+    if WEIGHTS_DIR.is_dir():
+        for d in sorted(WEIGHTS_DIR.iterdir()):
+            if (d / "config.json").is_file() and d.name not in _LOADERS:
+                _LOADERS[d.name] = lambda path=d, name=d.name, **kw: ToyDMLLM.from_pretrained(path, name=name)
+
+
+def _random_toy(decoder: str, family: str, shift: int) -> Callable[..., Adapter]:
+    def build(seed: int = 0, **overrides) -> Adapter:
+        import torch
+
+        from ..tasks.shapes import VOCAB
+        from .toy import ToyConfig, ToyDMLLM
+
+        torch.manual_seed(seed)
+        cfg = ToyConfig(decoder=decoder, family=family, logit_shift=shift, words=list(VOCAB), **overrides)
+        return ToyDMLLM(cfg, name=f"random-{decoder}").eval()
+
+    return build
+
+
+register_model("random-llama", _random_toy("llama", "from_scratch", 0))
+register_model("random-qwen2", _random_toy("qwen2", "ar_to_diffusion", 1))

@@ -1,0 +1,201 @@
+"""Masked-diffusion decoding: semi-autoregressive blocks, remasking strategies, confident decoding.
+
+The sampler only sees a *logits source*: a callable ``(x, step) -> logits`` returning
+[batch, answer_len, vocab] aligned to the answer slots. :class:`EngineSource` provides it from an
+engine (with an optional prefix cache); tests may rig it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .schedule import transfer_counts
+
+STRATEGIES = ("low_confidence", "random", "topk_margin", "entropy", "threshold")
+# confidences live in [-log V, 1]; this offset ranks every end/pad prediction below all content
+_SUPPRESS = 1.0e4
+
+LogitsSource = Callable[[Tensor, int], Tensor]
+
+
+@dataclass
+class SamplerConfig:
+    """Settings of a denoising loop (every field is a config value).
+
+    ``steps`` total denoising steps (default: answer_len / ``tokens_per_step``); ``block_length``
+    the semi-autoregressive block (default: the whole answer); ``strategy`` how positions are chosen
+    for commitment; ``threshold`` for confident decoding; ``suppress_end`` holds the confidence of
+    end / padding predictions below every content token; ``prefix_cache`` runs the prompt once.
+    """
+
+    strategy: str = "low_confidence"
+    steps: int | None = None
+    tokens_per_step: int = 2
+    block_length: int | None = None
+    temperature: float = 0.0
+    threshold: float = 0.9
+    suppress_end: bool = False
+    prefix_cache: bool = False
+    seed: int = 0
+
+    def resolve(self, answer_length: int) -> tuple[int, int, int]:
+        """Validate against an answer length; return (steps, block_length, n_blocks)."""
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+        if answer_length < 1:
+            raise ValueError(f"answer length must be >= 1, got {answer_length}")
+        if self.tokens_per_step < 1:
+            raise ValueError(f"tokens_per_step must be >= 1, got {self.tokens_per_step}")
+        steps = self.steps if self.steps is not None else max(1, -(-answer_length // self.tokens_per_step))
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        block = self.block_length if self.block_length is not None else answer_length
+        if block < 1 or answer_length % block:
+            raise ValueError(
+                f"block_length {block} must be >= 1 and divide the answer length {answer_length}"
+            )
+        n_blocks = answer_length // block
+        if self.strategy != "threshold" and steps % n_blocks:
+            raise ValueError(f"steps {steps} is not divisible by the number of blocks {n_blocks}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        return steps, block, n_blocks
+
+
+@dataclass
+class StepRecord:
+    """What happened at one global denoising step."""
+
+    step: int
+    block: int
+    x_before: Tensor
+    x_after: Tensor
+    committed: Tensor  # bool [batch, L]
+    confidence: Tensor  # [batch, L], nan where not masked
+    logits: Tensor | None = None  # [batch, L, V] (only passed to listeners, not kept)
+
+
+@dataclass
+class Trajectory:
+    """A finished generation: the answer and the step-by-step record."""
+
+    tokens: Tensor  # [batch, L]
+    steps: list[StepRecord] = field(default_factory=list)
+    n_forward: int = 0
+
+    @property
+    def commit_step(self) -> Tensor:
+        """[batch, L]: the global step at which each position was committed (-1 if never)."""
+        out = torch.full(self.tokens.shape, -1, dtype=torch.long)
+        for r in self.steps:
+            out[r.committed.cpu()] = r.step
+        return out
+
+
+def _confidence(strategy: str, logits: Tensor, x0: Tensor, gen: torch.Generator | None) -> Tensor:
+    probs = torch.softmax(logits.float(), dim=-1)
+    if strategy in ("low_confidence", "threshold"):
+        return probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    if strategy == "random":
+        return torch.rand(x0.shape, generator=gen, device=x0.device)
+    if strategy == "topk_margin":
+        top2 = probs.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    if strategy == "entropy":
+        return (probs * torch.log(probs.clamp_min(1e-12))).sum(-1)  # minus entropy
+    raise ValueError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+
+
+def _propose(logits: Tensor, temperature: float, gen: torch.Generator | None) -> Tensor:
+    if temperature == 0:
+        return logits.argmax(-1)
+    # Gumbel-max sampling at the given temperature, in float64 as LLaDA recommends
+    u = torch.rand(logits.shape, generator=gen, dtype=torch.float64, device=logits.device).clamp_min(1e-20)
+    g = -torch.log(-torch.log(u))
+    return (logits.double() / temperature + g).argmax(-1)
+
+
+class DiffusionSampler:
+    """Masked-diffusion decoding of the answer slots (LLaDA / Dream / Dimple style)."""
+
+    def __init__(self, config: SamplerConfig | None = None, **kwargs):
+        self.config = config or SamplerConfig(**kwargs)
+
+    def check(self, answer_length: int) -> tuple[int, int, int]:
+        """Validate before any compute."""
+        return self.config.resolve(answer_length)
+
+    def generate(
+        self,
+        source: LogitsSource,
+        x: Tensor,
+        mask_id: int,
+        end_ids: Sequence[int] = (),
+        listeners: Sequence = (),
+        keep_logits: bool = False,
+    ) -> Trajectory:
+        """Decode every masked slot of ``x`` [batch, L] (ids, ``mask_id`` where undecided)."""
+        cfg = self.config
+        L = x.shape[1]
+        steps, block, n_blocks = self.check(L)
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        x = x.clone()
+        traj = Trajectory(tokens=x)
+        end_t = torch.tensor(sorted(set(end_ids)), dtype=torch.long, device=x.device)
+        g = 0
+        for b in range(n_blocks):
+            lo, hi = b * block, (b + 1) * block
+            in_block = torch.zeros(L, dtype=torch.bool, device=x.device)
+            in_block[lo:hi] = True
+            if cfg.strategy == "threshold":
+                plan = None
+            else:
+                n_masked = int((x[:, lo:hi] == mask_id).sum(1).max())
+                plan = transfer_counts(n_masked, steps // n_blocks)
+            s = 0
+            while True:
+                masked = (x == mask_id) & in_block
+                if not bool(masked.any()) or (plan is not None and s >= len(plan)):
+                    break
+                logits = source(x, g)
+                traj.n_forward += 1
+                x0 = _propose(logits, cfg.temperature, gen)
+                conf = _confidence(cfg.strategy, logits, x0, gen)
+                if cfg.suppress_end and end_t.numel():
+                    conf = torch.where(torch.isin(x0, end_t), conf - _SUPPRESS, conf)
+                conf = torch.where(masked, conf, torch.full_like(conf, -torch.inf))
+                commit = torch.zeros_like(masked)
+                if plan is None:
+                    p = torch.softmax(logits.float(), -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+                    commit = masked & (p >= cfg.threshold)
+                    best = conf.argmax(1)
+                    rows = masked.any(1)
+                    commit[rows, best[rows]] = True
+                else:
+                    k = plan[s]
+                    for r in range(x.shape[0]):
+                        kr = min(k, int(masked[r].sum()))
+                        if kr:
+                            commit[r, conf[r].topk(kr).indices] = True
+                x_before = x.clone()
+                x = torch.where(commit, x0, x)
+                rec = StepRecord(
+                    step=g, block=b, x_before=x_before, x_after=x.clone(), committed=commit,
+                    confidence=torch.where(masked, conf, torch.full_like(conf, float("nan"))),
+                    logits=logits,
+                )
+                for lst in listeners:
+                    lst.on_step_end(rec)
+                if not keep_logits:
+                    rec.logits = None
+                traj.steps.append(rec)
+                g += 1
+                s += 1
+        traj.tokens = x
+        return traj

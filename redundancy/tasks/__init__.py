@@ -1,0 +1,50 @@
+"""Benchmarks: the synthetic ``shapes`` tasks and their scorers."""
+
+from .scoring import (
+    TASK_METRICS,
+    exact_match,
+    normalize,
+    object_precision,
+    object_recall,
+    parse_objects,
+    score_answer,
+    token_f1,
+)
+from .shapes import (
+    ANSWER_LENGTH,
+    CELL_WORDS,
+    COLOUR_NAMES,
+    COLOURS,
+    COLS,
+    GRID,
+    IMAGE_SIZE,
+    PATCH_SIZE,
+    QTYPES,
+    ROWS,
+    SHAPES,
+    SPLITS,
+    TASKS,
+    VOCAB,
+    Batch,
+    Sample,
+    Scene,
+    SceneObject,
+    ShapesTask,
+    cell_labels,
+    generate_batch,
+    make_sample,
+    make_scene,
+    patch_labels,
+    qtype_of,
+    render,
+    scene_key,
+    split_of,
+)
+
+__all__ = [
+    "ANSWER_LENGTH", "CELL_WORDS", "COLOUR_NAMES", "COLOURS", "COLS", "GRID", "IMAGE_SIZE", "PATCH_SIZE",
+    "QTYPES", "ROWS", "SHAPES", "SPLITS", "TASKS", "TASK_METRICS", "VOCAB", "Batch", "Sample", "Scene",
+    "SceneObject", "ShapesTask", "cell_labels", "exact_match", "generate_batch", "make_sample", "make_scene",
+    "normalize", "object_precision", "object_recall", "parse_objects", "patch_labels", "qtype_of", "render",
+    "score_answer", "scene_key", "split_of", "token_f1",
+]

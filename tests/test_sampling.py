@@ -1,0 +1,194 @@
+"""Samplers on rigged logits (exact commit order) and end-to-end on both tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from redundancy.generate import generate
+from redundancy.sampling import (
+    AutoregressiveSampler,
+    DiffusionSampler,
+    SamplerConfig,
+    transfer_counts,
+)
+from tests.conftest import QUESTIONS, images
+
+MASK, END, V = 1, 2, 12
+
+
+class Rigged:
+    """Logits source where slot i predicts token ``target[i]`` with probability set by ``strength[i]``."""
+
+    def __init__(self, target, strength, second=None):
+        self.target = torch.as_tensor(target)
+        self.strength = torch.as_tensor(strength, dtype=torch.float)
+        self.second = second
+        self.calls = []
+
+    def __call__(self, x, step):
+        self.calls.append((step, x.clone()))
+        L = x.shape[1]
+        logits = torch.zeros(x.shape[0], L, V)
+        logits[:, torch.arange(L), self.target] = self.strength
+        if self.second is not None:
+            logits[:, torch.arange(L), (self.target + 1) % V] = torch.as_tensor(self.second, dtype=torch.float)
+        return logits
+
+
+def order_of(traj):
+    """The slot sets committed at each step."""
+    return [sorted(r.committed[0].nonzero().squeeze(1).tolist()) for r in traj.steps]
+
+
+def test_transfer_counts():
+    assert transfer_counts(10, 4) == [3, 3, 2, 2]
+    assert transfer_counts(4, 2) == [2, 2]
+    assert sum(transfer_counts(7, 3)) == 7
+
+
+def test_low_confidence_commits_most_confident_first():
+    src = Rigged(target=[5, 6, 7, 8, 9, 10], strength=[1, 6, 2, 5, 3, 4])
+    x = torch.full((1, 6), MASK)
+    traj = DiffusionSampler(strategy="low_confidence", steps=3).generate(src, x, MASK)
+    assert order_of(traj) == [[1, 3], [4, 5], [0, 2]]
+    assert traj.tokens.tolist() == [[5, 6, 7, 8, 9, 10]]
+    assert traj.n_forward == 3 == len(src.calls)
+    assert [c[0] for c in src.calls] == [0, 1, 2]
+
+
+def test_blocks_never_commit_outside_current_block():
+    src = Rigged(target=[5, 6, 7, 8, 9, 10], strength=[1, 2, 3, 6, 5, 4])
+    x = torch.full((1, 6), MASK)
+    traj = DiffusionSampler(strategy="low_confidence", steps=4, block_length=3).generate(src, x, MASK)
+    # block 0 = slots 0..2 in 2 steps (2 then 1), block 1 = slots 3..5 (2 then 1), global step index
+    assert order_of(traj) == [[1, 2], [0], [3, 4], [5]]
+    assert [r.step for r in traj.steps] == [0, 1, 2, 3]
+    assert [r.block for r in traj.steps] == [0, 0, 1, 1]
+    for r in traj.steps:
+        lo = 3 * r.block
+        assert not r.committed[0, :lo].any() and not r.committed[0, lo + 3:].any()
+
+
+def test_topk_margin_ranks_by_margin_not_probability():
+    # slot 0 has the highest top-1 logit but a close second; slot 1 a clear margin
+    src = Rigged(target=[5, 6], strength=[5.0, 3.0], second=[4.9, 0.0])
+    x = torch.full((1, 2), MASK)
+    traj = DiffusionSampler(strategy="topk_margin", steps=2).generate(src, x, MASK)
+    assert order_of(traj) == [[1], [0]]
+    low = DiffusionSampler(strategy="low_confidence", steps=2).generate(Rigged([5, 6], [5.0, 3.0], [4.9, 0.0]), x, MASK)
+    assert order_of(low) == [[1], [0]] or order_of(low) == [[0], [1]]
+
+
+def test_entropy_prefers_peaked_distribution():
+    src = Rigged(target=[5, 6, 7], strength=[2.0, 8.0, 4.0])
+    traj = DiffusionSampler(strategy="entropy", steps=3).generate(src, torch.full((1, 3), MASK), MASK)
+    assert order_of(traj) == [[1], [2], [0]]
+
+
+def test_random_is_seeded():
+    x = torch.full((1, 6), MASK)
+    a = DiffusionSampler(strategy="random", steps=6, seed=3).generate(Rigged([5] * 6, [1] * 6), x, MASK)
+    b = DiffusionSampler(strategy="random", steps=6, seed=3).generate(Rigged([5] * 6, [1] * 6), x, MASK)
+    c = DiffusionSampler(strategy="random", steps=6, seed=4).generate(Rigged([5] * 6, [1] * 6), x, MASK)
+    assert order_of(a) == order_of(b)
+    assert order_of(a) != order_of(c)
+
+
+def test_threshold_commits_all_confident_at_least_one():
+    # slots 0 and 2 are very confident, 1 and 3 are not
+    src = Rigged(target=[5, 6, 7, 8], strength=[12.0, 1.0, 11.0, 2.0])
+    traj = DiffusionSampler(strategy="threshold", threshold=0.9).generate(src, torch.full((1, 4), MASK), MASK)
+    assert order_of(traj)[0] == [0, 2]
+    assert order_of(traj)[1:] == [[3], [1]]  # one at a time, most confident first
+    assert traj.n_forward == 3
+
+
+def test_suppress_end_decides_content_first():
+    # slots 2, 3 predict <end> very confidently; content slots 0, 1 are unsure
+    src = Rigged(target=[5, 6, END, END], strength=[2.0, 3.0, 9.0, 9.0])
+    x = torch.full((1, 4), MASK)
+    plain = DiffusionSampler(steps=2).generate(src, x, MASK, end_ids=[END])
+    assert order_of(plain) == [[2, 3], [0, 1]]
+    held = DiffusionSampler(steps=2, suppress_end=True).generate(src, x, MASK, end_ids=[END])
+    assert order_of(held) == [[0, 1], [2, 3]]
+
+
+def test_temperature_zero_deterministic_and_sampling_seeded():
+    src = Rigged(target=[5, 6, 7, 8], strength=[0.5, 0.4, 0.3, 0.2])
+    x = torch.full((1, 4), MASK)
+    a = DiffusionSampler(steps=2, temperature=0).generate(src, x, MASK)
+    b = DiffusionSampler(steps=2, temperature=0).generate(src, x, MASK)
+    assert torch.equal(a.tokens, b.tokens)
+    s1 = DiffusionSampler(steps=2, temperature=5.0, seed=1).generate(src, x, MASK)
+    s2 = DiffusionSampler(steps=2, temperature=5.0, seed=1).generate(src, x, MASK)
+    assert torch.equal(s1.tokens, s2.tokens)
+
+
+def test_autoregressive_left_to_right_and_stops():
+    src = Rigged(target=[5, 6, END, 7], strength=[3, 3, 3, 3])
+    traj = AutoregressiveSampler().generate(src, torch.full((1, 4), MASK), MASK, end_ids=[END])
+    assert order_of(traj) == [[0], [1], [2]]
+    assert traj.tokens.tolist() == [[5, 6, END, END]]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(steps=0), "steps must be >= 1"),
+        (dict(block_length=3), "block_length 3 must be >= 1 and divide"),
+        (dict(steps=3, block_length=2), "not divisible by the number of blocks 2"),
+        (dict(strategy="threshold", threshold=1.5), r"threshold must be in \(0, 1\]"),
+        (dict(strategy="threshold", threshold=0.0), r"threshold must be in \(0, 1\]"),
+        (dict(strategy="confident"), "unknown strategy 'confident'; choose one of: low_confidence"),
+    ],
+)
+def test_bad_sampler_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SamplerConfig(**kwargs).resolve(4)
+
+
+def test_bad_settings_fail_before_compute(tiny):
+    calls = []
+    orig = tiny.encode_images
+    tiny.encode_images = lambda *a: calls.append(1) or orig(*a)
+    try:
+        with pytest.raises(ValueError, match="divide the answer length"):
+            generate(tiny, images(1), QUESTIONS[:1], 4, DiffusionSampler(block_length=3))
+    finally:
+        del tiny.encode_images
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(strategy="low_confidence"),
+        dict(strategy="random"),
+        dict(strategy="topk_margin", block_length=2, steps=4),
+        dict(strategy="entropy", suppress_end=True),
+        dict(strategy="threshold", threshold=0.5),
+        dict(strategy="low_confidence", prefix_cache=True),
+        dict(strategy="topk_margin", temperature=0.7, seed=2),
+    ],
+)
+def test_every_sampler_runs_end_to_end(tiny, cfg):
+    gen = generate(tiny, images(2), QUESTIONS[:2], 4, DiffusionSampler(**cfg))
+    toks = gen.trajectory.tokens
+    assert toks.shape == (2, 4)
+    assert not (toks == tiny.tokenizer.mask_id).any()
+    assert len(gen.texts) == 2
+    # every slot committed exactly once
+    total = sum(r.committed.long() for r in gen.trajectory.steps)
+    assert torch.equal(total, torch.ones_like(total))
+
+
+def test_autoregressive_end_to_end(tiny_qwen2):
+    gen = generate(tiny_qwen2, images(2), QUESTIONS[:2], 4, AutoregressiveSampler(stop_at_end=False))
+    assert gen.trajectory.n_forward == 4
+    assert not (gen.trajectory.tokens == tiny_qwen2.tokenizer.mask_id).any()
+
+
+def test_autoregressive_needs_shifted_model(tiny_llama):
+    with pytest.raises(ValueError, match="logit shift 1"):
+        generate(tiny_llama, images(1), QUESTIONS[:1], 4, AutoregressiveSampler())
