@@ -138,6 +138,11 @@ class ToyDMLLM(Adapter):
         x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).to(self.device)
         return ((x - 0.5) / 0.5).to(self.dtype)
 
+    def pixels_from_uint8(self, images: np.ndarray | Tensor) -> Tensor:
+        """A uint8 batch [batch, H, W, 3] at the model's size to normalised pixels (fast path)."""
+        x = torch.as_tensor(images).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        return ((x - 0.5) / 0.5).to(self.dtype)
+
     def vision_features(self, pixels: Tensor) -> Tensor:
         """Patch features of the (frozen) vision tower [batch, n_patches, vision_hidden]."""
         return self.vision(pixel_values=pixels).last_hidden_state

@@ -1,0 +1,1 @@
+"""The embedded small dMLLMs: training, evaluation and shipped weights (``zoo/weights/<name>/``)."""

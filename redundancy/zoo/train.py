@@ -1,0 +1,251 @@
+"""Train the embedded zoo on CPU: ``python -m redundancy.zoo.train {vision,toy-scratch,toy-ar2diff}``.
+
+1. ``vision``: a SigLIP tower learns per-patch shape and colour labels of the shapes scenes; it is
+   then frozen and shared by every zoo model (as real dMLLMs start from a pretrained SigLIP).
+2. ``toy-scratch``: Llama-shaped decoder trained from random init with the masked-diffusion
+   objective (LLaDA recipe: t ~ U(eps, 1), mask answer tokens w.p. t, CE on masked / t).
+3. ``toy-ar2diff``: Qwen2-shaped decoder trained autoregressively first (saved as ``toy-ar``), then
+   adapted to masked diffusion with bidirectional attention and logits shifted by one (Dream recipe).
+Seed ``s > 0`` writes ``<name>@<s>``. Everything is seeded; the step counts are fixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from ..engine.attention import build_mask
+from ..models.registry import WEIGHTS_DIR
+from ..models.toy import ToyConfig, ToyDMLLM
+from ..tasks import ANSWER_LENGTH, VOCAB, generate_batch
+from ..tasks.shapes import COLOUR_NAMES, SHAPES
+from .evaluate import evaluate
+
+VISION_DIR = WEIGHTS_DIR / "_vision"
+TARGETS = ("vision", "toy-scratch", "toy-ar2diff")
+EPS = 1e-3
+
+
+def _git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def base_config(decoder: str, family: str, shift: int, **overrides) -> ToyConfig:
+    """The zoo's architecture (sizes can be shrunk for tests)."""
+    return ToyConfig(decoder=decoder, family=family, logit_shift=shift, words=list(VOCAB), **overrides)
+
+
+def _schedule(opt: torch.optim.Optimizer, steps: int, warmup: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
+    )
+
+
+# -- vision ---------------------------------------------------------------------------------------
+def train_vision(steps: int = 400, batch: int = 64, seed: int = 0, out: Path = VISION_DIR, **overrides) -> dict:
+    """Pre-train the shared vision tower on per-patch (shape, colour) labels; save it frozen."""
+    torch.manual_seed(seed)
+    model = ToyDMLLM(base_config("llama", "from_scratch", 0, **overrides))
+    vision = model.vision
+    d = model.config.vision_hidden
+    heads = torch.nn.ModuleDict({"shape": torch.nn.Linear(d, len(SHAPES) + 1),
+                                 "colour": torch.nn.Linear(d, len(COLOUR_NAMES) + 1)})
+    params = list(vision.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=2e-3, betas=(0.9, 0.98), weight_decay=0.01)
+    sched = _schedule(opt, steps, 30)
+    t0 = time.time()
+    bar = tqdm(range(steps), desc="vision", file=sys.stderr)
+    for step in bar:
+        b = generate_batch("shapes_long", "train", range(step * batch, (step + 1) * batch), seed=seed)
+        feats = model.vision_features(model.pixels_from_uint8(b.images))
+        ls = F.cross_entropy(heads["shape"](feats).flatten(0, 1), torch.as_tensor(b.patch_shape).flatten())
+        lc = F.cross_entropy(heads["colour"](feats).flatten(0, 1), torch.as_tensor(b.patch_colour).flatten())
+        loss = ls + lc
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    with torch.no_grad():
+        b = generate_batch("shapes_long", "validation", range(256))
+        feats = model.vision_features(model.pixels_from_uint8(b.images))
+        acc_s = (heads["shape"](feats).argmax(-1) == torch.as_tensor(b.patch_shape)).float().mean().item()
+        acc_c = (heads["colour"](feats).argmax(-1) == torch.as_tensor(b.patch_colour)).float().mean().item()
+    metrics = {"seconds": round(time.time() - t0, 1), "steps": steps, "seed": seed,
+               "patch_shape_acc": acc_s, "patch_colour_acc": acc_c, "git_revision": _git_revision()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in vision.state_dict().items()}, str(out / "vision.safetensors"))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def load_vision(model: ToyDMLLM, path: Path = VISION_DIR) -> None:
+    """Load the shared tower into ``model`` and freeze it."""
+    f = path / "vision.safetensors"
+    if not f.is_file():
+        raise ValueError(f"missing vision tower {f}; run `python -m redundancy.zoo.train vision` first")
+    model.vision.load_state_dict(load_file(str(f)))
+    for p in model.vision.parameters():
+        p.requires_grad_(False)
+    model.vision.eval()
+
+
+# -- language model -------------------------------------------------------------------------------
+def _answer_ids(model: ToyDMLLM, answers: list[str], L: int) -> torch.Tensor:
+    tok = model.tokenizer
+    out = torch.full((len(answers), L), tok.end_id, dtype=torch.long)
+    for i, a in enumerate(answers):
+        ids = tok.encode(a)[:L]
+        out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
+
+
+def _loss(model: ToyDMLLM, task: str, indices: range, seed: int, objective: str, gen: torch.Generator) -> torch.Tensor:
+    """Masked-diffusion (``diffusion``) or next-token (``ar``) loss on one task-type batch."""
+    L = ANSWER_LENGTH[task]
+    b = generate_batch(task, "train", indices, seed=seed)
+    with torch.no_grad():
+        vis = model.vision_features(model.pixels_from_uint8(b.images))
+    prompt = model.build_prompt([None] * len(b), b.questions, L, visual_embeds=model.projector(vis))
+    target = _answer_ids(model, b.answers, L)
+    ids = prompt.input_ids.clone()
+    ans = prompt.answer_index
+    shift = model.logit_shift
+    if objective == "ar":
+        ids[:, ans] = target
+        mask = build_mask(prompt.key_valid, torch.float32, prompt.position_ids, prompt.position_ids, causal=True)
+        weight = torch.ones(target.shape)
+        loss_mask = torch.ones(target.shape, dtype=torch.bool)
+    else:
+        t = torch.rand(len(b), 1, generator=gen)
+        p_mask = (1 - EPS) * t + EPS
+        loss_mask = torch.rand(target.shape, generator=gen) < p_mask
+        ids[:, ans] = torch.where(loss_mask, model.tokenizer.mask_id, target)
+        mask = build_mask(prompt.key_valid, torch.float32)
+        weight = (1.0 / p_mask).expand_as(target)
+    emb = model.embed(ids, prompt)
+    hidden = model.lm(inputs_embeds=emb, attention_mask=mask, position_ids=prompt.position_ids).last_hidden_state
+    logits = model.head(hidden[:, ans - shift])
+    ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view_as(target)
+    return (ce * weight * loss_mask).sum() / (len(b) * L)
+
+
+def train_lm(
+    model: ToyDMLLM, steps: int, objective: str, seed: int, batch: int = 32, lr: float = 3e-3, desc: str = "",
+    offset: int = 0, log: list | None = None, fixed_batch: bool = False,
+) -> float:
+    """Train projector + decoder (vision frozen) on mixed short + long batches; return seconds."""
+    params = [p for n, p in model.named_parameters() if not n.startswith("vision.")]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    sched = _schedule(opt, steps, 50)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    model.vision.eval()
+    impl = model.attn_implementation
+    model.set_attn_implementation("sdpa")  # faster for training on CPU; eager stays the default
+    t0 = time.time()
+    bar = tqdm(range(steps), desc=desc or objective, file=sys.stderr, mininterval=2)
+    for step in bar:
+        lo = offset * batch if fixed_batch else (offset + step) * batch
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = sum(_loss(model, task, range(lo, lo + batch), seed, objective, gen)
+                       for task in ("shapes_short", "shapes_long"))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if log is not None:
+            log.append(float(loss))
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    model.set_attn_implementation(impl)
+    return time.time() - t0
+
+
+def quality(model: ToyDMLLM, n_short: int = 250, n_long: int = 100) -> dict:
+    """Held-out test metrics with the default sampler, and the same with no visual tokens."""
+    out = {}
+    for blind in (False, True):
+        pre = "blind/" if blind else ""
+        for task, n in (("shapes_short", n_short), ("shapes_long", n_long)):
+            for k, v in evaluate(model, task, n=n, blind=blind).items():
+                out[f"{pre}{task}/{k}"] = round(v, 4)
+    return out
+
+
+def train_family(target: str, seed: int = 0, steps: int = 1500, ar_fraction: float = 0.5,
+                 root: Path = WEIGHTS_DIR, n_eval: tuple[int, int] = (250, 100), **overrides) -> dict:
+    """Train ``toy-scratch`` or ``toy-ar2diff`` (+ ``toy-ar``) with the shared vision tower."""
+    suffix = "" if seed == 0 else f"@{seed}"
+    torch.manual_seed(1000 + seed)
+    common = {"data_seed": seed, "init_seed": 1000 + seed, "git_revision": _git_revision(),
+              "vision": json.loads((VISION_DIR / "metrics.json").read_text()) if (VISION_DIR / "metrics.json").is_file() else None}
+    if target == "toy-scratch":
+        model = ToyDMLLM(base_config("llama", "from_scratch", 0, **overrides), name=target + suffix)
+        load_vision(model)
+        secs = train_lm(model, steps, "diffusion", seed, desc=target + suffix)
+        metrics = {**common, "recipe": "masked diffusion from random init (LLaDA)", "steps": steps,
+                   "train_seconds": round(secs, 1), **quality(model, *n_eval)}
+        model.save_pretrained(root / (target + suffix), metrics)
+        return {target + suffix: metrics}
+    if target == "toy-ar2diff":
+        model = ToyDMLLM(base_config("qwen2", "autoregressive", 1, **overrides), name="toy-ar" + suffix)
+        load_vision(model)
+        ar_steps = int(steps * ar_fraction)
+        secs_ar = train_lm(model, ar_steps, "ar", seed, desc="toy-ar" + suffix)
+        results = {}
+        ar_metrics = {**common, "recipe": "autoregressive next-token (causal)", "steps": ar_steps,
+                      "train_seconds": round(secs_ar, 1), **quality(model, *n_eval)}
+        model.save_pretrained(root / ("toy-ar" + suffix), ar_metrics)
+        results["toy-ar" + suffix] = ar_metrics
+        # adaptation: same weights, bidirectional attention, masked diffusion with shifted logits
+        model.config.family = "ar_to_diffusion"
+        model.family = "ar_to_diffusion"
+        model.name = target + suffix
+        secs_d = train_lm(model, steps - ar_steps, "diffusion", seed, desc=target + suffix, offset=ar_steps)
+        metrics = {**common, "recipe": "AR phase then masked-diffusion adaptation (Dream)", "ar_steps": ar_steps,
+                   "diffusion_steps": steps - ar_steps, "train_seconds": round(secs_ar + secs_d, 1),
+                   **quality(model, *n_eval)}
+        model.save_pretrained(root / (target + suffix), metrics)
+        results[target + suffix] = metrics
+        return results
+    raise ValueError(f"unknown zoo target {target!r}; choose one of: {', '.join(TARGETS)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("target", help=f"one of: {', '.join(TARGETS)}")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None, help="training steps (vision 400, families 1500)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = ap.parse_args(argv)
+    if args.target not in TARGETS:
+        ap.error(f"unknown zoo target {args.target!r}; choose one of: {', '.join(TARGETS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.target == "vision":
+        res = train_vision(steps=args.steps or 400, seed=args.seed)
+    else:
+        res = train_family(args.target, seed=args.seed, steps=args.steps or 1500)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
