@@ -1,0 +1,97 @@
+"""Visual attention probe: how much attention goes to visual tokens, per step, layer (and head).
+
+Query groups: ``masked`` (answer slots still masked at this step), ``decoded`` (answer slots
+already committed) and ``text`` (prompt positions that are neither visual nor answer). Metrics:
+
+- ``visual_share``: attention mass on visual keys, averaged over the group's query rows;
+- ``visual_entropy``: entropy (nats) of the attention renormalised over the visual keys;
+- ``importance`` (per visual token, ``token`` = index in the visual span): mean attention the token
+  receives from answer rows, at the steps and layers asked for.
+
+Only the needed query rows are recomputed from the layer's own q/k projections and rotary tables
+(no eager attention, no n x n map kept across steps); heads are averaged after the softmax.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from ..engine.events import AttentionEvent, ForwardContext, Listener
+
+QUERY_GROUPS = ("masked", "decoded", "text")
+
+
+class VisualAttentionProbe(Listener):
+    """Records tidy rows ``dict(sample, step, layer, head, token, query_group, metric, value)``."""
+
+    def __init__(
+        self,
+        layers: Iterable[int] | None = None,
+        per_head: bool = False,
+        importance_steps: Iterable[int] | None = (),
+        importance_layers: Iterable[int] | None = None,
+    ):
+        self.layers = None if layers is None else set(layers)
+        self.per_head = per_head
+        self.importance_steps = None if importance_steps is None else set(importance_steps)
+        self.importance_layers = None if importance_layers is None else set(importance_layers)
+        self.rows: list[dict] = []
+
+    def wants_attention(self, ctx: ForwardContext, layer: int) -> bool:
+        return ctx.is_decode and ctx.phase == "full" and (self.layers is None or layer in self.layers)
+
+    def _wants_importance(self, step: int, layer: int) -> bool:
+        s = self.importance_steps is None or step in self.importance_steps
+        l_ = self.importance_layers is None or layer in self.importance_layers
+        return s and l_
+
+    @torch.no_grad()
+    def on_attention(self, ctx: ForwardContext, ev: AttentionEvent) -> None:
+        prompt, state = ctx.prompt, ev.state
+        is_vis = state.visual_slots(prompt.is_visual())[0]  # same layout for every row
+        ans_pos = prompt.answer_index
+        ans_slots = state.slots_of(ans_pos)[0]
+        text_mask = ~is_vis
+        text_mask[ans_slots] = False
+        text_slots = text_mask.nonzero().squeeze(1)
+        query = torch.cat([ans_slots, text_slots])
+        b = state.batch_size
+        probs = ev.rows(query.expand(b, -1))  # [b, h, q, n]
+        vis = probs[..., is_vis]  # [b, h, q, n_vis]
+        share = vis.sum(-1)  # [b, h, q]
+        pv = vis / share.clamp_min(1e-30).unsqueeze(-1)
+        ent = -(pv * pv.clamp_min(1e-30).log()).sum(-1)
+        n_ans = ans_slots.numel()
+        masked = ctx.input_ids[:, ans_pos] == prompt.mask_id  # [b, L]
+        groups = {
+            "masked": torch.cat([masked, torch.zeros(b, text_slots.numel(), dtype=torch.bool)], 1),
+            "decoded": torch.cat([~masked, torch.zeros(b, text_slots.numel(), dtype=torch.bool)], 1),
+            "text": torch.cat([torch.zeros(b, n_ans, dtype=torch.bool), torch.ones(b, text_slots.numel(), dtype=torch.bool)], 1),
+        }
+        step, layer = ctx.step, ev.layer
+        for g, sel in groups.items():
+            w = sel.float().unsqueeze(1)  # [b, 1, q]
+            cnt = w.sum(-1)  # [b, 1]
+            for metric, val in (("visual_share", share), ("visual_entropy", ent)):
+                per_head = (val * w).sum(-1) / cnt.clamp_min(1)  # [b, h]
+                for i in range(b):
+                    if cnt[i, 0] == 0:
+                        continue
+                    self._add(i, step, layer, None, None, g, metric, float(per_head[i].mean()))
+                    if self.per_head:
+                        for h in range(per_head.shape[1]):
+                            self._add(i, step, layer, h, None, g, metric, float(per_head[i, h]))
+        if self._wants_importance(step, layer):
+            imp = vis[:, :, :n_ans].mean(dim=(1, 2))  # [b, n_vis_live]: mean over heads and answer rows
+            vis_pos = state.live[:, is_vis]  # original positions
+            span = prompt.visual_index
+            for i in range(b):
+                tok = torch.searchsorted(span, vis_pos[i])
+                for t, v in zip(tok.tolist(), imp[i].tolist()):
+                    self._add(i, step, layer, None, t, "answer", "importance", v)
+
+    def _add(self, sample, step, layer, head, token, group, metric, value) -> None:
+        self.rows.append(dict(sample=sample, step=step, layer=layer, head=head, token=token,
+                              query_group=group, metric=metric, value=value))
