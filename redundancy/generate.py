@@ -50,9 +50,11 @@ def generate_from_prompt(
     causal = isinstance(sampler, AutoregressiveSampler)
     if causal and adapter.logit_shift != 1:
         raise ValueError(f"autoregressive decoding needs a model with logit shift 1; {adapter.name} has 0")
-    sampler.check(prompt.answer_length)
-    engine = Engine(adapter, listeners=listeners, policy=policy, causal=causal)
+    steps, _, _ = sampler.check(prompt.answer_length)
     prefix = bool(getattr(getattr(sampler, "config", None), "prefix_cache", False))
+    if policy is not None:
+        policy.validate(adapter.num_layers, steps, prefix)  # bad settings fail before any compute
+    engine = Engine(adapter, listeners=listeners, policy=policy, causal=causal)
     source = EngineSource(engine, prompt, prefix_cache=prefix, tag=tag)
     observers = [*listeners] + ([policy] if policy is not None else [])
     for obs in observers:

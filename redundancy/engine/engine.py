@@ -18,10 +18,10 @@ from .state import TokenState
 class ForwardOutput:
     """Logits [batch, answer_len, vocab] aligned to the answer slots (logit shift applied)."""
 
-    logits: Tensor
+    logits: Tensor | None
     state: TokenState
     tokens_executed: list[int]
-    hidden: Tensor | None = None
+    keys_per_layer: list[int] | None = None  # keys each query attended to (0 for a skipped layer)
 
 
 class _PrefixLayerCache:
@@ -29,6 +29,8 @@ class _PrefixLayerCache:
 
     def __init__(self, keys: list[Tensor | None], values: list[Tensor | None], record: bool):
         self.keys, self.values, self.record = keys, values, record
+        self.live: list[Tensor | None] = [None] * len(keys)
+        self.size: list[Tensor | None] = [None] * len(keys)
 
     def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):
         if self.record:
@@ -42,37 +44,33 @@ class _PrefixLayerCache:
 class PrefixCache:
     """Keys/values of the prompt (everything before the answer) per layer, computed once.
 
-    ``live`` [batch, n_prefix] are the prompt tokens kept in the cache (original positions);
-    ``key_valid`` their padding validity; ``size`` their merge sizes. ``shift_logits`` holds the
-    logits of the row before the answer for models with logit shift 1.
+    Per layer ``i``: ``keys[i]``/``values[i]`` [batch, kv_heads, n_i, head_dim] (None for a layer
+    skipped at the prefill), ``live[i]`` [batch, n_i] the original positions cached and ``size[i]``
+    their merge sizes (None if unmerged). ``shift_logits`` holds the logits of the row before the
+    answer for models with logit shift 1.
     """
 
     keys: list[Tensor | None]
     values: list[Tensor | None]
-    live: Tensor
-    key_valid: Tensor
-    size: Tensor | None = None
+    live: list[Tensor | None]
+    size: list[Tensor | None]
     shift_logits: Tensor | None = None
-    per_layer_live: list[Tensor] | None = None
 
-    def select(self, keep: Tensor, from_layer: int = 0) -> "PrefixCache":
-        """Keep prefix slots ``keep`` [batch, k] in the caches of layers >= ``from_layer``.
-
-        Layers below ``from_layer`` keep their full cache (the tokens were pruned at layer K).
-        """
-        idx = keep.sort(dim=1).values
-        keys, values, per_layer = list(self.keys), list(self.values), []
-        for i in range(len(keys)):
-            if i >= from_layer and keys[i] is not None:
-                g = idx[:, None, :, None].expand(-1, keys[i].shape[1], -1, keys[i].shape[-1])
-                keys[i], values[i] = keys[i].gather(2, g), values[i].gather(2, g)
-                per_layer.append(self.live.gather(1, idx))
-            else:
-                per_layer.append(self.live)
-        return PrefixCache(keys, values, self.live, self.key_valid, self.size, self.shift_logits, per_layer)
-
-    def layer_live(self, layer: int) -> Tensor:
-        return self.live if self.per_layer_live is None else self.per_layer_live[layer]
+    def keep_positions(self, keep: Tensor, visual_mask: Tensor, layers: range) -> "PrefixCache":
+        """Drop cached visual tokens not in ``keep`` [batch, k] (original positions) at ``layers``."""
+        keys, values, live, size = list(self.keys), list(self.values), list(self.live), list(self.size)
+        for i in layers:
+            if keys[i] is None:
+                continue
+            lv = live[i]
+            ok = ~visual_mask.to(lv.device)[lv] | torch.stack([torch.isin(lv[r], keep[r]) for r in range(lv.shape[0])])
+            n = int(ok[0].sum())
+            idx = ok.float().argsort(dim=1, descending=True, stable=True)[:, :n].sort(dim=1).values
+            g = idx[:, None, :, None].expand(-1, keys[i].shape[1], -1, keys[i].shape[-1])
+            keys[i], values[i] = keys[i].gather(2, g), values[i].gather(2, g)
+            live[i] = lv.gather(1, idx)
+            size[i] = None if size[i] is None else size[i].gather(1, idx)
+        return PrefixCache(keys, values, live, size, self.shift_logits)
 
 
 class Engine:
@@ -121,7 +119,7 @@ class Engine:
         shift = self.adapter.logit_shift
         rows = state.slots_of(prompt.answer_index - shift)
         logits = self._head(hidden, rows)
-        out = ForwardOutput(logits, state, executed)
+        out = ForwardOutput(logits, state, executed, list(executed))
         for obs in self._obs(policy):
             obs.on_forward_end(ctx, out)
         return out
@@ -173,6 +171,8 @@ class Engine:
                 for o in want:
                     o.on_attention(ctx, ev)
             hidden = ad.call_layer(i, hidden, (cos, sin), mask, cache=prefix_keys)
+            if prefix_keys is not None:
+                prefix_keys.live[i], prefix_keys.size[i] = state.live, state.size
             for o in observers:
                 o.on_layer_end(ctx, i, hidden, state)
         return hidden, state, executed
@@ -196,14 +196,16 @@ class Engine:
         ctx = ForwardContext(step, prompt, input_ids, ad, phase="prefill")
         n = ad.num_layers
         rec = _PrefixLayerCache([None] * n, [None] * n, record=True)
-        hidden, pstate, _ = self._run_layers(ctx, prompt, input_ids, pstate, policy, prefix_keys=rec)
+        hidden, pstate, executed = self._run_layers(ctx, prompt, input_ids, pstate, policy, prefix_keys=rec)
         shift_logits = None
         if ad.logit_shift:
             rows = pstate.slots_of(prompt.answer_index[:1] - 1)
             shift_logits = self._head(hidden, rows)
-        return PrefixCache(
-            rec.keys, rec.values, pstate.live, prompt.key_valid.gather(1, pstate.live), pstate.size, shift_logits
-        )
+        out = ForwardOutput(shift_logits, pstate, executed, list(executed))
+        for obs in self._obs(policy):
+            obs.on_forward_end(ctx, out)
+        cache = PrefixCache(rec.keys, rec.values, rec.live, rec.size, shift_logits)
+        return (policy or self.policy).adjust_prefix(ctx, cache)
 
     def _cached_forward(
         self, prompt: Prompt, input_ids: Tensor, step: int, prefix: PrefixCache, tag: str, policy: Policy | None
@@ -222,30 +224,36 @@ class Engine:
         cos, sin = ad.rotary(hidden, pos)
         cache = _PrefixLayerCache(prefix.keys, prefix.values, record=False)
         executed: list[int] = []
-        masks: dict[int, Tensor] = {}
+        keys: list[int] = []
+        qpos = pos if pos.ndim == 2 else pos[0]
+        flat_pos = prompt.position_ids if prompt.position_ids.ndim == 2 else prompt.position_ids[0]
         for i in range(ad.num_layers):
             if pol.skip_layer(ctx, i):
                 executed.append(0)
+                keys.append(0)
                 continue
+            if prefix.keys[i] is None:
+                raise ValueError(
+                    f"layer {i} was skipped when the prefix cache was built but runs at step {step}; "
+                    "under the prefix cache a layer must be skipped at every step or at none"
+                )
             executed.append(state.n_live)
-            live = prefix.layer_live(i)
-            if live.shape[1] not in masks:
-                kv = torch.cat([prompt.key_valid.gather(1, live), torch.ones_like(state.live, dtype=torch.bool)], 1)
-                size = None
-                if prefix.size is not None:
-                    size = torch.cat([prefix.size, torch.ones(state.live.shape, device=ans.device)], 1)
-                qpos = pos if pos.ndim == 2 else pos[0]
-                kpos = torch.cat([prompt.position_ids.gather(1, live) if prompt.position_ids.ndim == 2
-                                  else prompt.position_ids[0].gather(1, live), qpos], 1)
-                masks[live.shape[1]] = build_mask(kv, hidden.dtype, qpos, kpos, self.causal, size)
-            hidden = ad.call_layer(i, hidden, (cos, sin), masks[live.shape[1]], cache=cache)
+            live = prefix.live[i]
+            keys.append(live.shape[1] + state.n_live)
+            kv = torch.cat([prompt.key_valid.gather(1, live), torch.ones_like(state.live, dtype=torch.bool)], 1)
+            size = None
+            if prefix.size[i] is not None:
+                size = torch.cat([prefix.size[i], torch.ones(state.live.shape, device=ans.device)], 1)
+            kpos = torch.cat([flat_pos.gather(1, live), qpos], 1)
+            mask = build_mask(kv, hidden.dtype, qpos, kpos, self.causal, size)
+            hidden = ad.call_layer(i, hidden, (cos, sin), mask, cache=cache)
             for o in observers:
                 o.on_layer_end(ctx, i, hidden, state)
         rows = torch.arange(prompt.answer_length, device=ans.device).expand(b, -1)
         logits = self._head(hidden, rows)
         if ad.logit_shift:
             logits = torch.cat([prefix.shift_logits, logits[:, :-1]], dim=1)
-        out = ForwardOutput(logits, state, executed)
+        out = ForwardOutput(logits, state, executed, keys)
         for obs in observers:
             obs.on_forward_end(ctx, out)
         return out

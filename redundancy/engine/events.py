@@ -127,6 +127,13 @@ class Policy(Listener):
         """Return True to skip decoder layer ``layer`` in this pass."""
         return False
 
+    def adjust_prefix(self, ctx: ForwardContext, cache: Any) -> Any:
+        """Edit a freshly built prefix cache (e.g. gather the kept visual tokens at every layer)."""
+        return cache
+
+    def validate(self, num_layers: int, num_steps: int, prefix_cache: bool = False) -> None:
+        """Raise ValueError for settings that do not fit the model or the sampler (before any compute)."""
+
 
 class NoPolicy(Policy):
     """Keep every token, run every layer."""

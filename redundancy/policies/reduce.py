@@ -1,0 +1,68 @@
+"""Applying a reduction of visual tokens to the live state: drop, or merge into destinations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..engine.state import TokenState
+
+
+@dataclass
+class Decision:
+    """Which visual tokens survive, per sample, in original positions.
+
+    ``keep`` [batch, k]: original positions of the surviving visual tokens (sorted). For merges,
+    ``members`` [batch, n_alive_vis] maps each alive visual token (original position in
+    ``member_pos``) to the index in ``keep`` it was merged into, or -1 when dropped.
+    """
+
+    keep: Tensor
+    member_pos: Tensor | None = None
+    members: Tensor | None = None
+
+    @property
+    def is_merge(self) -> bool:
+        return self.members is not None
+
+
+def apply_decision(hidden: Tensor, state: TokenState, visual_mask: Tensor, decision: Decision
+                   ) -> tuple[Tensor, TokenState]:
+    """Reduce ``hidden`` [batch, n_live, d] and ``state`` to the decision's visual tokens.
+
+    Non-visual tokens always stay. Dropped tokens vanish; merged tokens become the size-weighted
+    mean of their members at the destination's position, with sizes summed. Visual tokens that the
+    decision keeps but that are no longer alive are ignored (a decision never re-adds a token).
+    """
+    b, n, d = hidden.shape
+    is_vis = visual_mask.to(state.live.device)[state.live]  # [b, n]
+    sizes = state.sizes()
+    out_h, out_live, out_size = [], [], []
+    for i in range(b):
+        live = state.live[i]
+        keep_vis = torch.isin(live, decision.keep[i]) & is_vis[i]
+        keep = ~is_vis[i] | keep_vis
+        h = hidden[i].clone()
+        s = sizes[i].clone()
+        if decision.is_merge:
+            dest_pos = decision.keep[i]
+            for t in range(dest_pos.numel()):
+                mpos = decision.member_pos[i][decision.members[i] == t]
+                slots = torch.isin(live, mpos).nonzero().squeeze(1)
+                if slots.numel() <= 1:
+                    continue
+                w = s[slots].unsqueeze(1)
+                dslot = (live == dest_pos[t]).nonzero().squeeze(1)
+                h[dslot] = (h[slots] * w).sum(0, keepdim=True) / w.sum()
+                s[dslot] = w.sum()
+        out_h.append(h[keep])
+        out_live.append(live[keep])
+        out_size.append(s[keep])
+    lens = {x.numel() for x in out_live}
+    if len(lens) != 1:
+        raise RuntimeError(f"samples of a batch kept different numbers of tokens {sorted(lens)}")
+    new_size = torch.stack(out_size)
+    merged = decision.is_merge or state.size is not None
+    return torch.stack(out_h), TokenState(torch.stack(out_live), new_size if merged else None)
