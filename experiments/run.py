@@ -1,4 +1,4 @@
-"""Main job: ``python -m experiments.run [model=...] [task=...] [sampler=...] [n_samples=...]``."""
+"""Main job: ``python -m experiments.run [model=...] [task=...] [policy=...] [+sweep=<name>]``."""
 
 from __future__ import annotations
 
@@ -7,20 +7,23 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from redundancy.experiment import run
+from redundancy.config import register_configs
+
+register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    from redundancy.experiment import run
+
     try:
         table = run(cfg)
     except ValueError as e:  # bad input: one clear line, non-zero exit, nothing written
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    with __import__("pandas").option_context("display.width", 160, "display.max_colwidth", 60):
-        print(table[["sample_id", "question", "answer", "reference", *table.attrs["metrics"]]].to_string(index=False))
-        means = table[table.attrs["metrics"]].mean()
-        print("mean " + "  ".join(f"{k}={v:.3f}" for k, v in means.items()))
+    if cfg.print_answers and len(table) <= 12:
+        cols = ["sample_id", "answer", "reference"]
+        print(table[cols].to_string(index=False))
 
 
 if __name__ == "__main__":

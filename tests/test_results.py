@@ -81,7 +81,8 @@ def traces_for(rid, time_value=0.1, n_samples=2):
 def outcomes_for(rid, seconds=1.0, n_samples=2, metrics=("exact_match",)):
     rows = []
     for s in range(n_samples):
-        r = dict(run_id=rid, sample_id=f"s{s}", answer=f"red {s}", reference=None if s else "red 0")
+        r = dict(run_id=rid, sample_id=f"s{s}", answer=f"red {s}", reference=None if s else "red 0",
+                 qtype="colour")
         for m in metrics:
             r[m] = float(s == 0)
         r.update(n_visual_kept=16 if s else None, tokens_executed=1000 + s, flops=1.5e9, seconds=seconds * (s + 1),
@@ -212,8 +213,8 @@ def test_validation_names_bad_columns():
     out = outcomes_for("r1")
     with pytest.raises(ValueError, match="missing.*'image_ref'"):
         coerce(out.drop(columns=["image_ref"]), "outcomes")
-    with pytest.raises(ValueError, match="unexpected.*'qtype'"):
-        coerce(out.assign(qtype="colour"), "outcomes")
+    with pytest.raises(ValueError, match="unexpected.*'notes'"):
+        coerce(out.assign(notes="colour"), "outcomes")
     with pytest.raises(ValueError, match="duplicate"):
         coerce(pd.concat([out, out]), "outcomes")
     with pytest.raises(ValueError, match="missing.*'code_revision'"):
@@ -289,8 +290,8 @@ def test_write_run_checks_run_id_and_fills_it(tmp_path):
     r = row()
     with pytest.raises(ValueError, match="run_id"):
         store.write_run(r, traces_for("someoneelse"), outcomes_for(r["run_id"]))
-    with pytest.raises(ValueError, match="qtype"):
-        store.write_run(r, traces_for(r["run_id"]), outcomes_for(r["run_id"]).assign(qtype="x"))
+    with pytest.raises(ValueError, match="notes"):
+        store.write_run(r, traces_for(r["run_id"]), outcomes_for(r["run_id"]).assign(notes="x"))
     assert store.done_ids() == []
     store.write_run(r, traces_for(r["run_id"]).drop(columns=["run_id"]), outcomes_for(r["run_id"]).drop(columns=["run_id"]))
     res = load_results(tmp_path)

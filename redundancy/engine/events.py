@@ -65,8 +65,8 @@ class AttentionEvent:
 
         Results are memoised per event so several listeners share one recomputation.
         """
-        key = (None if query_slots is None else tuple(query_slots.shape), average_heads_before_softmax,
-               None if query_slots is None else query_slots.data_ptr())
+        key = (None if query_slots is None else (tuple(query_slots.shape), query_slots.cpu().numpy().tobytes()),
+               average_heads_before_softmax)
         if key not in self._memo:
             with torch.no_grad():
                 self._memo[key] = attention_rows(

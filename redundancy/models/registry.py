@@ -39,7 +39,9 @@ def _register_zoo() -> None:
     if WEIGHTS_DIR.is_dir():
         for d in sorted(WEIGHTS_DIR.iterdir()):
             if (d / "config.json").is_file() and d.name not in _LOADERS:
-                _LOADERS[d.name] = lambda path=d, name=d.name, **kw: ToyDMLLM.from_pretrained(path, name=name)
+                _LOADERS[d.name] = lambda path=d, name=d.name, checkpoint=None: ToyDMLLM.from_pretrained(
+                    checkpoint or path, name=name
+                )
 
 
 def _random_toy(decoder: str, family: str, shift: int) -> Callable[..., Adapter]:

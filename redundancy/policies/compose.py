@@ -12,8 +12,24 @@ class CompositePolicy(Policy):
         self.parts = list(parts)
 
     def validate(self, num_layers, num_steps, prefix_cache=False):
+        from .pruning import PruningPolicy
+        from .skip import LayerSkipPolicy
+
         for p in self.parts:
             p.validate(num_layers, num_steps, prefix_cache)
+        prunes = [p for p in self.parts if isinstance(p, PruningPolicy)]
+        skips = [p for p in self.parts if isinstance(p, LayerSkipPolicy)]
+        for pr in prunes:
+            if not pr.scorer.uses_attention:
+                continue
+            need = set(range(num_layers)) if pr.scorer.all_layers else {pr.config.layer - 1}
+            for sk in skips:
+                clash = sorted(need & set(sk.resolve(num_layers)))
+                if clash:
+                    raise ValueError(
+                        f"method {pr.config.method!r} scores from the attention of layer(s) {clash}, "
+                        "which the layer-skipping part skips; skip other layers or choose another K"
+                    )
 
     def initial_state(self, ctx, state):
         for p in self.parts:

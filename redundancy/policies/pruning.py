@@ -16,7 +16,8 @@ Schedules (the step index is global across blocks):
 After a persistent decision, later steps apply the kept set from the input embeddings
 (``persist_from: input``, as the study's code does) or from layer K (``layer_k``: layers below K
 still see every visual token). ``redvtp`` averages every layer's attention at step ``step`` and
-applies its decision from step ``step + 1``. Under the prefix cache the decision is taken in the
+applies its decision from step ``step + 1`` (with any schedule: a decision scored at the end of a
+decision step applies from the next step). Under the prefix cache the decision is taken in the
 prefill at step 0, and the kept keys/values are gathered from the cache (every layer for ``input``,
 layers >= K for ``layer_k``).
 """
@@ -24,7 +25,7 @@ layers >= K for ``layer_k``).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
@@ -47,13 +48,15 @@ class PruneConfig:
     ratio: float = 0.5
     schedule: str = "once"
     step: int = 0
+    step_fraction: float | None = None
     late_fraction: float = 0.5
-    progressive_ratios: list[float] = field(default_factory=lambda: [0.75, 0.5, 0.25])
+    progressive_ratios: list[float] | None = None
     persist_from: str = "input"
     seed: int = 0
     query: str = "all"
     heads_before_softmax: bool = False
     recycle: bool = True
+    recycle_fraction: float = 0.3
     proportional_attention: bool = True
 
     def __post_init__(self) -> None:
@@ -65,7 +68,7 @@ class PruneConfig:
             raise ValueError(f"unknown persist_from {self.persist_from!r}; choose one of: {', '.join(PERSIST)}")
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"retention ratio must be in (0, 1], got {self.ratio}")
-        if self.schedule == "progressive":
+        if self.schedule == "progressive" and self.progressive_ratios is not None:
             rs = list(self.progressive_ratios)
             if not rs or any(not 0.0 < r <= 1.0 for r in rs) or any(b > a for a, b in zip(rs, rs[1:])):
                 raise ValueError(f"progressive_ratios must be non-increasing values in (0, 1], got {rs}")
@@ -73,6 +76,8 @@ class PruneConfig:
             raise ValueError(f"late_fraction must be in (0, 1], got {self.late_fraction}")
         if self.step < 0:
             raise ValueError(f"step must be >= 0, got {self.step}")
+        if self.step_fraction is not None and not 0.0 <= self.step_fraction < 1.0:
+            raise ValueError(f"step_fraction must be in [0, 1), got {self.step_fraction}")
         if self.layer < 0:
             raise ValueError(f"layer K must be >= 0, got {self.layer}")
         if self.query not in FASTV_QUERIES:
@@ -86,7 +91,7 @@ class PruningPolicy(Policy):
         self.config = config or PruneConfig(**kwargs)
         c = self.config
         self.scorer = SCORERS[c.method](seed=c.seed, query=c.query, heads_before_softmax=c.heads_before_softmax,
-                                        recycle=c.recycle)
+                                        recycle=c.recycle, recycle_fraction=c.recycle_fraction)
         self.total_steps: int | None = None
         self.decision: Decision | None = None
         self.n_visual: int | None = None
@@ -99,18 +104,15 @@ class PruningPolicy(Policy):
             raise ValueError(f"layer K={c.layer} is beyond the model's depth; choose 0..{num_layers}")
         if self.scorer.uses_attention and c.layer == 0:
             raise ValueError(f"method {c.method!r} scores from layer K-1's attention; K must be >= 1, got 0")
-        if c.schedule in ("once", "from") and c.step >= num_steps:
+        if c.schedule in ("once", "from") and c.step_fraction is None and c.step >= num_steps:
             raise ValueError(f"step {c.step} is beyond the number of steps; choose 0..{num_steps - 1}")
-        if c.method == "redvtp" and c.schedule not in ("once",):
-            raise ValueError("method 'redvtp' decides once (after step s); use schedule 'once'")
         if prefix_cache:
-            needs_answer = c.method in ("redvtp", "answer_logit") or (c.method == "fastv" and c.query != "all")
-            if needs_answer:
+            if self.scorer.needs_answer_rows():
                 raise ValueError(
                     f"method {c.method!r} (query {c.query!r}) scores from the answer rows, which the prefill "
                     "of the prefix cache does not contain; use it without the prefix cache"
                 )
-            if c.schedule != "once" or c.step != 0:
+            if c.schedule != "once" or c.step != 0 or c.step_fraction not in (None, 0.0):
                 raise ValueError(
                     f"under the prefix cache pruning is decided in the prefill (schedule 'once' at step 0); "
                     f"got schedule {c.schedule!r} at step {c.step}"
@@ -130,23 +132,55 @@ class PruningPolicy(Policy):
         m = len(self.config.progressive_ratios)
         return sorted({min(S - 1, round(t * S / m)) for t in range(m)})
 
-    def _ratio_at(self, step: int) -> float:
+    def _stage_steps(self) -> list[int]:
+        """The change step of each progressive stage (stages may share a step when S is small)."""
+        S = self.total_steps or 1
+        m = len(self.ratios)
+        return [min(S - 1, round(t * S / m)) for t in range(m)]
+
+    def _change_steps(self) -> list[int]:
+        return sorted(set(self._stage_steps()))
+
+    @property
+    def ratios(self) -> list[float]:
+        """Progressive retention per stage: configured, or falling evenly from 1 to ``ratio`` in 3 stages."""
         c = self.config
-        if c.schedule != "progressive":
-            return c.ratio
-        steps = self._change_steps()
-        idx = max(i for i, s in enumerate(steps) if s <= step)
-        return c.progressive_ratios[min(idx, len(c.progressive_ratios) - 1)]
+        if c.progressive_ratios:
+            return list(c.progressive_ratios)
+        return [1 - (1 - c.ratio) * t / 3 for t in (1, 2, 3)]
+
+    def _ratio_at(self, step: int) -> float:
+        if self.config.schedule != "progressive":
+            return self.config.ratio
+        # the last stage that has started (stages collapsed onto one step take the lowest ratio)
+        return min(r for r, s in zip(self.ratios, self._stage_steps()) if s <= step)
+
+    def decisions(self, total_steps: int) -> list[tuple[int, float]]:
+        """(step, retention) of every decision this policy takes over ``total_steps`` steps."""
+        saved, self.total_steps = self.total_steps, total_steps
+        try:
+            c = self.config
+            return [(s, self._ratio_at(s)) for s in range(total_steps) if self.decides_at(s)]
+        finally:
+            self.total_steps = saved
+
+    def start_step(self) -> int:
+        """``step``, or ``round(step_fraction x S)`` when a fraction of the trajectory is given."""
+        c = self.config
+        if c.step_fraction is None:
+            return c.step
+        S = self.total_steps or 1
+        return min(S - 1, round(c.step_fraction * S))
 
     def decides_at(self, step: int) -> bool:
         """Whether a new decision is taken at this step (at layer K, or at the end for redvtp)."""
         c = self.config
         if c.schedule == "once":
-            return step == c.step
+            return step == self.start_step()
         if c.schedule == "late":
             return step == self.late_step()
         if c.schedule == "from":
-            return step >= c.step
+            return step >= self.start_step()
         if c.schedule == "every_step":
             return True
         return step in self._change_steps()
@@ -176,15 +210,15 @@ class PruningPolicy(Policy):
         self.scorer.observe(ctx, event)
 
     def on_forward_start(self, ctx, state) -> None:
-        if self._active(ctx) and self.config.method == "redvtp" and self.decides_at(ctx.step):
-            self.scorer.reset()
+        if self._active(ctx) and self.decides_at(ctx.step):
+            self.scorer.reset()  # scores never carry over from an earlier pass
 
     def on_input(self, ctx, hidden, state):
         if not self._active(ctx):
             return hidden, state
-        vis = ctx.prompt.is_visual()
-        if self.decision is not None and self.config.persist_from == "input":
-            hidden, state = apply_decision(hidden, state, vis, self.decision)
+        persist_here = self.config.persist_from == "input" or self.config.layer == 0
+        if self.decision is not None and persist_here:
+            hidden, state = self._apply(ctx, hidden, state, self.decision)
         if self.config.layer == 0 and self.decides_at(ctx.step) and self.config.method != "redvtp":
             hidden, state = self._decide(ctx, hidden, state)
         return hidden, state
@@ -194,7 +228,7 @@ class PruningPolicy(Policy):
         if layer != c.layer or c.layer == 0 or not self._active(ctx):
             return hidden, state
         if self.decision is not None and c.persist_from == "layer_k":
-            hidden, state = apply_decision(hidden, state, ctx.prompt.is_visual(), self.decision)
+            hidden, state = self._apply(ctx, hidden, state, self.decision)
         if self.decides_at(ctx.step) and c.method != "redvtp":
             hidden, state = self._decide(ctx, hidden, state)
         return hidden, state
@@ -203,7 +237,8 @@ class PruningPolicy(Policy):
         if self.config.method == "redvtp" and self._active(ctx) and self.decides_at(ctx.step) and self.scorer._acc:
             state = output.state
             vis = state.visual_slots(ctx.prompt.is_visual()).expand(state.batch_size, -1)
-            self.decision = self.scorer.decide(ctx, None, state, vis, self.k_at(ctx.step))
+            new = self.scorer.decide(ctx, None, state, vis, self.k_at(ctx.step))
+            self.decision = new if self.decision is None else self.decision.then(new)
             self.decided_at.append(ctx.step)
 
     def adjust_prefix(self, ctx, cache):
@@ -213,25 +248,28 @@ class PruningPolicy(Policy):
         return cache.keep_positions(self.decision.keep, ctx.prompt.is_visual(), range(lo, len(cache.keys)))
 
     # -- deciding -------------------------------------------------------------------------------
+    def _apply(self, ctx: ForwardContext, hidden: Tensor, state: TokenState, decision: Decision
+               ) -> tuple[Tensor, TokenState]:
+        hidden, state = apply_decision(hidden, state, ctx.prompt.is_visual(), decision)
+        if decision.is_merge and not self.config.proportional_attention:
+            state = TokenState(state.live, None)  # sizes still weight the means; no log(size) bias
+        return hidden, state
+
     def _decide(self, ctx: ForwardContext, hidden: Tensor, state: TokenState) -> tuple[Tensor, TokenState]:
+        if self.n_visual is None:  # driven without a sampler
+            self.n_visual = ctx.prompt.n_visual
         vis = state.visual_slots(ctx.prompt.is_visual())
         n_alive = int(vis[0].sum())
         if n_alive == 0:
             return hidden, state
-        k = self.k_at(ctx.step)
-        if self.config.method == "vtw":
-            k = 0
-        if k >= n_alive and self.config.method != "vtw":
+        k = 0 if self.config.method == "vtw" else self.k_at(ctx.step)
+        if k >= n_alive:
             decision = Decision(state.live[:, vis[0]])
         else:
             decision = self.scorer.decide(ctx, hidden, state, vis, k)
-        if decision.is_merge and not self.config.proportional_attention:
-            pass  # sizes still kept for the weighted means; the mask bias is turned off below
-        hidden, state = apply_decision(hidden, state, ctx.prompt.is_visual(), decision)
-        if decision.is_merge and not self.config.proportional_attention:
-            state = TokenState(state.live, None)
+        hidden, state = self._apply(ctx, hidden, state, decision)
         if self.persistent:
-            self.decision = decision
+            self.decision = decision if self.decision is None else self.decision.then(decision)
         self.decided_at.append(ctx.step)
         return hidden, state
 

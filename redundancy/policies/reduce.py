@@ -27,6 +27,31 @@ class Decision:
     def is_merge(self) -> bool:
         return self.members is not None
 
+    def mapping(self) -> tuple[Tensor, Tensor]:
+        """(member_pos, members) also for a drop-only decision (each kept token its own member)."""
+        if self.members is not None:
+            return self.member_pos, self.members
+        idx = torch.arange(self.keep.shape[1], device=self.keep.device).expand_as(self.keep)
+        return self.keep, idx
+
+    def then(self, new: "Decision") -> "Decision":
+        """This decision followed by ``new`` (taken among this one's survivors), as one decision.
+
+        Tokens merged by the first decision stay merged into whatever their destination became.
+        """
+        if not (self.is_merge or new.is_merge):
+            return new
+        pos1, mem1 = self.mapping()
+        pos2, mem2 = new.mapping()
+        out = torch.full_like(mem1, -1)
+        for i in range(pos1.shape[0]):
+            lookup = {int(p): int(m) for p, m in zip(pos2[i].tolist(), mem2[i].tolist())}
+            dest1 = self.keep[i]
+            for j, d in enumerate(mem1[i].tolist()):
+                if d >= 0:
+                    out[i, j] = lookup.get(int(dest1[d]), -1)
+        return Decision(new.keep, pos1, out)
+
 
 def apply_decision(hidden: Tensor, state: TokenState, visual_mask: Tensor, decision: Decision
                    ) -> tuple[Tensor, TokenState]:

@@ -34,8 +34,12 @@ class Scorer:
         self.reset()
 
     def reset(self) -> None:
-        self._scores: dict[int, Tensor] = {}  # original position -> score, per sample row
-        self._acc: list[Tensor] | None = None
+        self._last: tuple[Tensor, Tensor] | None = None  # (positions, scores) from the last observation
+        self._acc: list[tuple[Tensor, Tensor]] | None = None
+
+    def needs_answer_rows(self) -> bool:
+        """Whether scoring reads the answer rows (then it cannot run in a prefix-cache prefill)."""
+        return False
 
     def observe(self, ctx: ForwardContext, ev: AttentionEvent) -> None:
         """Record what the score needs from an attention event."""
@@ -45,10 +49,10 @@ class Scorer:
         raise NotImplementedError
 
     def decide(self, ctx: ForwardContext, hidden: Tensor, state: TokenState, vis: Tensor, k: int) -> Decision:
-        """Keep the top ``k`` alive visual tokens by score (ties broken by position)."""
-        sc = self.scores(ctx, hidden, state, vis).float()
+        """Keep the top ``k`` alive visual tokens by score (ties: the earlier position wins)."""
+        sc = self.scores(ctx, hidden, state, vis).float().to(state.live.device)
         pos = state.live[:, vis[0]]
-        idx = sc.topk(min(k, sc.shape[1]), dim=1).indices
+        idx = sc.argsort(dim=1, descending=True, stable=True)[:, : min(k, sc.shape[1])]
         return Decision(pos.gather(1, idx).sort(dim=1).values)
 
 
@@ -100,6 +104,9 @@ class FastV(Scorer):
     name = "fastv"
     uses_attention = True
 
+    def needs_answer_rows(self) -> bool:
+        return self.options.get("query", "all") != "all"
+
     def observe(self, ctx, ev):
         slots, w = _query_slots(ctx, ev.state, self.options.get("query", "all"))
         before = bool(self.options.get("heads_before_softmax", False))
@@ -108,6 +115,8 @@ class FastV(Scorer):
         self._last = (ev.state.live[:, cols], _received(probs, w, cols))  # positions, scores
 
     def scores(self, ctx, hidden, state, vis):
+        if self._last is None:
+            raise RuntimeError(f"{self.name}: no attention observed at layer K-1 (was that layer skipped?)")
         return _align(*self._last, state.live[:, vis[0]])
 
 
@@ -117,6 +126,9 @@ class RedVTP(Scorer):
     name = "redvtp"
     uses_attention = True
     all_layers = True
+
+    def needs_answer_rows(self) -> bool:
+        return True
 
     def observe(self, ctx, ev):
         slots, w = _query_slots(ctx, ev.state, "masked")
@@ -147,6 +159,8 @@ class SparseVLM(Scorer):
         self._last = (ev.state.live[:, cols], _received(ev.rows(slots), w, cols))
 
     def scores(self, ctx, hidden, state, vis):
+        if self._last is None:
+            raise RuntimeError(f"{self.name}: no attention observed at layer K-1 (was that layer skipped?)")
         return _align(*self._last, state.live[:, vis[0]])
 
     def decide(self, ctx, hidden, state, vis, k):
@@ -186,6 +200,9 @@ class AnswerLogit(Scorer):
     """Logit-lens answer-logit signal on the hidden states entering layer K (see probes.signals)."""
 
     name = "answer_logit"
+
+    def needs_answer_rows(self) -> bool:
+        return True
 
     def scores(self, ctx, hidden, state, vis):
         p = ctx.prompt
@@ -294,7 +311,7 @@ class Random(Scorer):
 
     def scores(self, ctx, hidden, state, vis):
         g = torch.Generator().manual_seed(self.seed * 100003 + ctx.step)
-        return torch.rand(state.batch_size, int(vis[0].sum()), generator=g)
+        return torch.rand(state.batch_size, int(vis[0].sum()), generator=g).to(state.live.device)
 
 
 class VTW(Scorer):

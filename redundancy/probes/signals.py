@@ -80,7 +80,8 @@ class AnswerSignalProbe(Listener):
         prompt = ctx.prompt
         masked = ctx.input_ids[:, prompt.answer_index] == prompt.mask_id
         preds = output.logits.argmax(-1)
-        w = target_weights(preds, masked, self.end_ids or [ctx.adapter.tokenizer.end_id])
+        tok = ctx.adapter.tokenizer
+        w = target_weights(preds, masked, self.end_ids or [tok.end_id, tok.pad_id])
         for layer, (hidden, state) in sorted(self._hidden.items()):
             vis = state.visual_slots(prompt.is_visual())[0]
             scores = answer_logit_scores(ctx.adapter, hidden[:, vis], preds, w)

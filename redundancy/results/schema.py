@@ -72,6 +72,7 @@ OUTCOMES_HEAD: tuple[Column, ...] = (
     Column("sample_id", STRING, False, "the sample within the task"),
     Column("answer", STRING, True, "decoded answer text"),
     Column("reference", STRING, True, "reference answer text"),
+    Column("qtype", STRING, True, "question type of the sample (e.g. count, colour, describe)"),
 )
 OUTCOMES_TAIL: tuple[Column, ...] = (
     Column("n_visual_kept", INT, True, "visual tokens still alive at the end of the forward pass"),

@@ -1,0 +1,119 @@
+"""Structured config schemas (Hydra ConfigStore): a mistyped key or a wrong type fails at composition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class ModelConf:
+    name: str = "toy-scratch"
+    checkpoint: Optional[str] = None  # a local checkpoint directory (zoo models: overrides the shipped weights)
+    device: str = "cpu"
+    dtype: str = "float32"
+    attn_implementation: str = "eager"
+
+
+@dataclass
+class TaskConf:
+    name: str = "shapes_short"
+    split: str = "test"
+    n_samples: Optional[int] = None  # None: the ``samples[size]`` preset
+    headline: str = "exact_match"  # the metric summaries report as accuracy
+
+
+@dataclass
+class SamplerConf:
+    kind: str = "diffusion"
+    strategy: str = "low_confidence"
+    steps: Optional[int] = None
+    tokens_per_step: int = 2
+    block_length: Optional[int] = None
+    temperature: float = 0.0
+    threshold: float = 0.9
+    suppress_end: bool = False
+    prefix_cache: bool = False
+    seed: int = 0
+
+
+@dataclass
+class PruneConf:
+    method: str = "none"  # none, or one of redundancy.policies.SCORERS
+    layer: int = 3
+    ratio: float = 0.5
+    schedule: str = "once"
+    step: int = 0
+    step_fraction: Optional[float] = None  # decide at round(f x steps) instead of ``step``
+    late_fraction: float = 0.5
+    progressive_ratios: Optional[List[float]] = None
+    persist_from: str = "input"
+    seed: int = 0
+    query: str = "all"
+    heads_before_softmax: bool = False
+    recycle: bool = True
+    recycle_fraction: float = 0.3
+    proportional_attention: bool = True
+
+
+@dataclass
+class SkipConf:
+    layers: Optional[List[int]] = None
+    n: Optional[int] = None
+    fraction: Optional[float] = None
+    position: str = "middle"
+    steps: Optional[List[int]] = None
+
+
+@dataclass
+class PolicyConf:
+    name: str = "none"  # a label for tables and figures (baseline, blind, fastv, skip, ...)
+    blind: bool = False  # withdraw every visual token before the language model (the blind baseline)
+    prune: PruneConf = field(default_factory=PruneConf)
+    skip: SkipConf = field(default_factory=SkipConf)
+
+
+@dataclass
+class ProbeConf:
+    cost: bool = True
+    attention: bool = False
+    attention_per_head: bool = False
+    importance_steps: List[int] = field(default_factory=list)
+    importance_layers: Optional[List[int]] = None
+    signals: bool = False  # answer-slot confidence and commitment per step
+    answer_logit_layers: List[int] = field(default_factory=list)
+    oracle_steps: List[int] = field(default_factory=list)
+    information_loss: List[str] = field(default_factory=list)  # modes: free, forced
+
+
+@dataclass
+class ExperimentConf:
+    model: ModelConf = field(default_factory=ModelConf)
+    task: TaskConf = field(default_factory=TaskConf)
+    sampler: SamplerConf = field(default_factory=SamplerConf)
+    policy: PolicyConf = field(default_factory=PolicyConf)
+    probe: ProbeConf = field(default_factory=ProbeConf)
+    size: str = "small"
+    samples: Dict[str, Any] = field(default_factory=dict)  # size -> {task: n}
+    batch_size: int = 16
+    study: str = "single"  # results go to <results_dir>/<study>/
+    results_dir: str = "results"
+    output: Optional[str] = None  # an extra parquet copy of the outcome table
+    print_answers: bool = True
+    progress: bool = True
+
+
+def register_configs() -> None:
+    """Register the schema as ``experiment_schema`` (idempotent)."""
+    ConfigStore.instance().store(name="experiment_schema", node=ExperimentConf)
+
+
+def to_plain(cfg: Any) -> dict:
+    """A resolved plain dict of a DictConfig (or a copy of a mapping)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
