@@ -80,7 +80,7 @@ class ProbeConf:
     cost: bool = True
     attention: bool = False
     attention_per_head: bool = False
-    importance_steps: List[int] = field(default_factory=list)
+    importance_steps: Optional[List[int]] = field(default_factory=list)  # None: every step
     importance_layers: Optional[List[int]] = None
     signals: bool = False  # answer-slot confidence and commitment per step
     answer_logit_layers: List[int] = field(default_factory=list)

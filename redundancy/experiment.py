@@ -241,7 +241,7 @@ def run(cfg: Any, store: ResultStore | None = None) -> pd.DataFrame:
         listeners: list = [cost, kept]
         if probe_cfg.get("attention"):
             listeners.append(VisualAttentionProbe(per_head=probe_cfg.get("attention_per_head", False),
-                                                  importance_steps=probe_cfg.get("importance_steps") or [],
+                                                  importance_steps=probe_cfg.get("importance_steps", []),
                                                   importance_layers=probe_cfg.get("importance_layers")))
         if probe_cfg.get("signals") or probe_cfg.get("answer_logit_layers"):
             tok = model.tokenizer
@@ -325,15 +325,21 @@ def _label(c: Mapping) -> dict:
             "skip_n": (pol.get("skip") or {}).get("n"), "skip_position": (pol.get("skip") or {}).get("position")}
 
 
+_HASHES: dict[tuple, str] = {}
+
+
 def _weights_hash(mc: Mapping) -> str:
+    """sha256 over every parameter of the model (computed once per process and model)."""
     import hashlib
 
-    model = get_model(mc)
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().float().numpy().tobytes()[:4096])
-    return h.hexdigest()[:16]
+    key = (mc["name"], mc.get("checkpoint"))
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        for k, v in sorted(get_model(mc).state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().float().contiguous().numpy().tobytes())
+        _HASHES[key] = h.hexdigest()[:16]
+    return _HASHES[key]
 
 
 def _finish(c: Mapping, table: pd.DataFrame, p: Plan, reused: bool) -> None:

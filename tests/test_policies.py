@@ -238,3 +238,54 @@ def test_bad_policy_settings_fail_before_compute(tiny_llama, prune, skip, match)
     finally:
         Engine.forward = eng_forward
     assert calls == []
+
+
+def test_progressive_merges_chain_and_sizes_add_up(tiny_llama):
+    sizes = []
+
+    class Spy(PruningPolicy):
+        def on_forward_end(self, ctx, output):
+            vis = output.state.visual_slots(ctx.prompt.is_visual())
+            sizes.append(output.state.sizes()[vis].view(output.state.batch_size, -1).sum(1).tolist())
+
+    p, gen = run(tiny_llama, Spy(method="tome", layer=1, schedule="progressive", progressive_ratios=[0.75, 0.5, 0.25]))
+    assert all(s == [16.0, 16.0] for s in sizes)  # every original visual token is still represented
+    assert gen.tokens_executed[-1][-1] == p.seq_len - p.n_visual + 4
+
+
+def test_merges_without_proportional_attention_stay_unbiased_at_later_steps(tiny_llama):
+    seen = []
+
+    class Spy(PruningPolicy):
+        def on_forward_end(self, ctx, output):
+            seen.append(output.state.size)
+
+    run(tiny_llama, Spy(method="tome", layer=1, ratio=0.5, proportional_attention=False))
+    assert seen and all(s is None for s in seen)
+
+
+def test_persistent_decision_at_k0_with_layer_k_persistence(tiny_llama):
+    p, gen = run(tiny_llama, make_policy({"method": "random", "layer": 0, "ratio": 0.5, "persist_from": "layer_k"}))
+    kept = p.seq_len - p.n_visual // 2
+    assert gen.tokens_executed == [[kept] * 3] * 4
+
+
+def test_skipping_the_scored_layer_is_refused(tiny_llama):
+    p = tiny_llama.build_prompt(images(1), QUESTIONS[:1], 4)
+    with pytest.raises(ValueError, match=r"scores from the attention of layer\(s\) \[0\]"):
+        generate_from_prompt(tiny_llama, p, S4, policy=make_policy({"method": "fastv", "layer": 1}, {"layers": [0]}))
+    with pytest.raises(ValueError, match=r"unknown prune setting\(s\) \['ratoi'\]"):
+        make_policy({"method": "fastv", "ratoi": 0.3})
+
+
+def test_ties_keep_the_earlier_position(tiny_llama):
+    from redundancy.policies.scorers import Scorer
+
+    class Flat(Scorer):
+        def scores(self, ctx, hidden, state, vis):
+            return torch.zeros(state.batch_size, int(vis[0].sum()))
+
+    p = tiny_llama.build_prompt(images(1), QUESTIONS[:1], 4)
+    state = TokenState.full(1, p.seq_len)
+    dec = Flat().decide(None, None, state, state.visual_slots(p.is_visual()), 3)
+    assert dec.keep[0].tolist() == p.visual_index[:3].tolist()

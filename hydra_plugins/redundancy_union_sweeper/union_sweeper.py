@@ -27,7 +27,7 @@ class UnionSweeperConf:
     _target_: str = "hydra_plugins.redundancy_union_sweeper.union_sweeper.UnionSweeper"
     max_batch_size: Optional[int] = None
     params: Optional[Dict[str, str]] = None
-    grids: List[Dict[str, str]] = field(default_factory=list)
+    grids: List[Dict[str, Any]] = field(default_factory=list)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="union", node=UnionSweeperConf, provider="dmllm-redundancy")
@@ -37,9 +37,9 @@ class UnionSweeper(BasicSweeper):
     """Launches the union of the cartesian products of ``grids`` (each combined with ``params``)."""
 
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
-                 grids: Optional[List[Dict[str, str]]] = None) -> None:
+                 grids: Optional[List[Dict[str, Any]]] = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
-        self.grids = [dict(g) for g in (grids or [{}])] or [{}]
+        self.grids = [{k: str(v) for k, v in dict(g).items()} for g in (grids or [{}])] or [{}]
 
     def jobs(self, arguments: List[str]) -> List[List[str]]:
         """Every job's overrides, deduplicated, in order."""

@@ -180,14 +180,14 @@ class SparseVLM(Scorer):
             rec = order[k - c: k - c + n_rec]
             centres = rec[:c]
             assign = (h[i, rec] @ h[i, centres].T).argmax(-1)
-            assign[:c] = torch.arange(c)
+            assign[:c] = torch.arange(c, device=assign.device)
             dest = torch.cat([kept, centres])
             dpos = pos[i, dest]
             ordr = dpos.argsort()
             dpos = dpos[ordr]
             rank = torch.empty_like(ordr)
-            rank[ordr] = torch.arange(ordr.numel())
-            members = torch.full((n,), -1, dtype=torch.long)
+            rank[ordr] = torch.arange(ordr.numel(), device=ordr.device)
+            members = torch.full((n,), -1, dtype=torch.long, device=ordr.device)
             members[kept] = rank[: k - c]
             members[rec] = rank[k - c + assign]
             keep_l.append(dpos)
@@ -239,7 +239,7 @@ class DivPrune(Scorer):
                 chosen.append(j)
                 mind = torch.minimum(mind, dist[j])
                 mind[chosen] = -1
-            out.append(pos[i, torch.tensor(chosen)].sort().values)
+            out.append(pos[i, torch.tensor(chosen, device=pos.device)].sort().values)
         return Decision(torch.stack(out))
 
 
@@ -259,7 +259,8 @@ class ToMe(Scorer):
         keep_l, mem_l = [], []
         for i in range(pos_all.shape[0]):
             n = pos_all.shape[1]
-            group = torch.arange(n)  # original alive index -> current token id
+            dev = pos_all.device
+            group = torch.arange(n, device=dev)  # original alive index -> current token id
             alive = list(range(n))  # current token ids (index of their destination member)
             x = hidden[i, vis[0]].float().clone()
             s = sizes[i].clone()
@@ -281,11 +282,11 @@ class ToMe(Scorer):
                     group[group == src] = dst
                 gone = {a_ids[m] for m in merge.tolist()}
                 alive = [t for t in alive if t not in gone]
-            dest = torch.tensor(alive)
+            dest = torch.tensor(alive, device=dev)
             dpos = pos_all[i, dest]
             order = dpos.argsort()
-            rank = torch.empty(n, dtype=torch.long)
-            rank[dest[order]] = torch.arange(dest.numel())
+            rank = torch.empty(n, dtype=torch.long, device=dev)
+            rank[dest[order]] = torch.arange(dest.numel(), device=dev)
             keep_l.append(dpos[order])
             mem_l.append(rank[group])
         return Decision(torch.stack(keep_l), pos_all, torch.stack(mem_l))
