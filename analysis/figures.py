@@ -37,7 +37,7 @@ __all__ = [
     "f5_schedules", "f6_layer_skip", "f7_pareto", "pareto_points",
     "f8_signal_agreement", "signal_correlations", "signal_matrix",
     "f9_importance_grid", "f9_animation", "importance_frames", "choose_samples",
-    "draw_all", "main",
+    "available", "draw_all", "main",
 ]
 
 # -- palette ---------------------------------------------------------------------------------------
@@ -123,8 +123,14 @@ def _legend(fig: Figure, handles: list, title: str | None = None, ncol: int | No
                    ncol=ncol or min(6, len(uniq)), fontsize="small", frameon=False)
 
 
-def _baseline_rows(summary: pd.DataFrame) -> pd.DataFrame:
-    return summary[summary["strategy"] == "baseline"]
+def _baseline_rows(summary: pd.DataFrame, runs_of: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Baseline runs: those the runs of ``runs_of`` were compared with when known, else every baseline."""
+    b = summary[summary["strategy"] == "baseline"]
+    if runs_of is not None and "baseline_run_id" in runs_of.columns:
+        ids = set(runs_of["baseline_run_id"].dropna())
+        if ids and b["run_id"].isin(ids).any():
+            return b[b["run_id"].isin(ids)]
+    return b
 
 
 def _mean_by(df: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.DataFrame:
@@ -224,7 +230,7 @@ def f2_retention(summary: pd.DataFrame, schedule: str = "once", start_step: int 
     agg = _mean_by(p, ["family", "task", "method", "retention"], ["accuracy", "rel_flops", "rel_seconds"])
     agg["speedup_flops"] = 1 / agg["rel_flops"]
     agg["speedup_seconds"] = 1 / agg["rel_seconds"]
-    base = _mean_by(_baseline_rows(summary), ["family", "task"], ["accuracy"]) if "strategy" in summary else None
+    base = _mean_by(_baseline_rows(summary, p), ["family", "task"], ["accuracy"])
     panels = _panels(agg)
     fig, axes = _grid(len(_ROWS_F2), len(panels), w=3.0, h=2.4)
     handles = []
@@ -237,7 +243,7 @@ def f2_retention(summary: pd.DataFrame, schedule: str = "once", start_step: int 
                 (ln,) = ax.plot(dm["retention"], dm[col], marker="o", color=color("method", meth), label=meth,
                                 gid="series")
                 handles.append(ln)
-            if i == 0 and base is not None:
+            if i == 0:
                 b = base[(base["family"] == fam) & (base["task"] == task)]
                 if len(b):
                     handles.append(ax.axhline(float(b["accuracy"].iloc[0]), color="k", ls="--", lw=1,
@@ -262,7 +268,7 @@ def f3_table(summary: pd.DataFrame, retention: float = 0.5, schedule: str = "onc
     p = p[np.isclose(p["retention"].astype(float), retention)]
     parts = [p]
     if baseline:
-        b = _baseline_rows(summary).assign(method="baseline")
+        b = _baseline_rows(summary, p).assign(method="baseline")
         parts.insert(0, b)
     d = pd.concat(parts, ignore_index=True)
     if d.empty or p.empty:
@@ -279,7 +285,12 @@ def f3_table(summary: pd.DataFrame, retention: float = 0.5, schedule: str = "onc
 def f3_latex(table: pd.DataFrame, caption: str | None = None, label: str = "tab:method-task",
              precision: int = 3) -> str:
     """The F3 table as LaTeX (booktabs rules), via ``DataFrame.style.to_latex``."""
-    sty = table.style.format(precision=precision, na_rep="--")
+    t = table.copy()
+    esc = [None if n is None else str(n).replace("_", r"\_") for n in t.index.names]
+    t.index = t.index.set_names(esc)
+    t.columns = t.columns.set_names([None if n is None else str(n).replace("_", r"\_") for n in t.columns.names])
+    sty = t.style.format(precision=precision, na_rep="--")
+    sty = sty.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
     return sty.to_latex(caption=caption, label=label, hrules=True, multicol_align="c", position_float="centering")
 
 
@@ -380,7 +391,7 @@ def f5_schedules(summary: pd.DataFrame, retentions: Sequence[float] | None = Non
     p["kind"] = p["schedule"].map(lambda s: "progressive" if s == "progressive" else
                                   ("repeated" if s in ("from", "every_step") else "single"))
     agg = _mean_by(p, ["family", "task", "retention", "method", "kind", "start_fraction"], ["accuracy"])
-    base = _mean_by(_baseline_rows(summary), ["family", "task"], ["accuracy"])
+    base = _mean_by(_baseline_rows(summary, p), ["family", "task"], ["accuracy"])
     rets = sorted(agg["retention"].unique(), reverse=True)
     panels = _panels(agg)
     fig, axes = _grid(len(rets), len(panels), w=3.1, h=2.4)
@@ -390,6 +401,8 @@ def f5_schedules(summary: pd.DataFrame, retentions: Sequence[float] | None = Non
         for j, (fam, task) in enumerate(panels):
             ax = axes[i, j]
             d = agg[(agg["retention"] == r) & (agg["family"] == fam) & (agg["task"] == task)]
+            if d.empty:
+                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
             for meth in _order(d["method"], METHOD_ORDER):
                 for kind in ("single", "repeated", "progressive"):
                     dk = d[(d["method"] == meth) & (d["kind"] == kind)].sort_values("start_fraction")
@@ -427,7 +440,7 @@ def f6_layer_skip(summary: pd.DataFrame, show_speedup: bool = True) -> Figure:
         return _empty("no layer-skipping runs")
     s = s.assign(speedup_flops=1 / s["rel_flops"].astype(float))
     agg = _mean_by(s, ["family", "task", "skip_position", "skip_n"], ["accuracy", "speedup_flops"])
-    base = _mean_by(_baseline_rows(summary), ["family", "task"], ["accuracy"])
+    base = _mean_by(_baseline_rows(summary, s), ["family", "task"], ["accuracy"])
     rows = [("accuracy", "accuracy")] + ([("speedup_flops", "speedup (1 / rel. FLOPs)")] if show_speedup else [])
     panels = _panels(agg)
     fig, axes = _grid(len(rows), len(panels), w=3.1, h=2.5)
@@ -573,7 +586,7 @@ def f8_signal_agreement(traces: pd.DataFrame, runs: pd.DataFrame, signals: Seque
         m = signal_matrix(g, signals)
         m = m.rename(index=PALETTE["signal"], columns=PALETTE["signal"])
         sns.heatmap(m, vmin=-1, vmax=1, cmap=PALETTE["diverging"], annot=True, fmt=".2f", square=True, ax=ax,
-                    cbar=j == len(panels) - 1, cbar_kws={"label": "Spearman rho"})
+                    cbar=j == len(panels) - 1, cbar_kws={"label": "Spearman rho"}, yticklabels=j == 0)
         n = g[["run_id", "sample_id", "step"]].drop_duplicates().shape[0]
         ax.set_title(f"{fam} · {_task_label(task)}\n({n} sample-steps)", fontsize="small")
         ax.tick_params(axis="x", rotation=30)
@@ -698,7 +711,7 @@ def f9_importance_grid(traces: pd.DataFrame, outcomes: pd.DataFrame, runs: pd.Da
         return _empty(f"no per-token {signal} traces")
     data = [importance_frames(traces, outcomes, r, s, signal, layer) for r, s in samples]
     ncols = max(len(_pick_steps(d["steps"], max_steps)) for d in data)
-    fig, axes = plt.subplots(len(data), ncols, figsize=(1.9 * ncols + 1.0, 2.5 * len(data)), squeeze=False,
+    fig, axes = plt.subplots(len(data), ncols, figsize=(1.9 * ncols + 1.0, 2.9 * len(data)), squeeze=False,
                              layout="constrained")
     for i, ((rid, sid), d) in enumerate(zip(samples, data)):
         img = _image(d["image_ref"])
@@ -761,6 +774,30 @@ def _save(fig: Figure, out: Path, name: str) -> list[Path]:
     return paths
 
 
+def available(res: Any, summary: pd.DataFrame) -> dict[str, str | None]:
+    """Per figure: None when its data is present, else why it is missing."""
+    tr, runs = res.traces, res.runs
+    has = set(tr["metric"].unique()) if len(tr) else set()
+    s = summary
+    why: dict[str, str | None] = {}
+    why["F1"] = None if "visual_share" in has else "no visual attention traces"
+    early = _early(s, "once", 0) if len(s) else s
+    why["F2"] = why["F3"] = None if len(early) else "no early-step pruning runs"
+    why["F4"] = None if ({"kl", "top1_agreement"} & has and not recovery_curves(tr, runs).empty) else \
+        "no information-loss traces of pruned runs"
+    pr = s[s["method"] != "none"] if len(s) else s
+    why["F5"] = None if len(pr) and (pr["start_fraction"].nunique() > 1 or
+                                     (pr["schedule"].astype(object) == "progressive").any()) else \
+        "no pruning runs at several start steps or with a progressive schedule"
+    why["F6"] = None if len(s) and (s["skip_n"].fillna(0) > 0).any() else "no layer-skipping runs"
+    why["F7"] = None if len(s) and s["strategy"].nunique() > 1 and s["rel_flops"].notna().any() else \
+        "fewer than two strategies with relative FLOPs"
+    ok8 = len(set(SIGNALS) & has) >= 2 and len(signal_correlations(tr, runs)) > 0
+    why["F8"] = None if ok8 else "no two per-token pruning signals on the same tokens"
+    why["F9"] = None if any(s_ in has for s_ in SIGNALS) else "no per-token importance traces"
+    return why
+
+
 def draw_all(path: str | Path, out: str | Path | None = None, findings_config: str | Path | None = None,
              echo: Callable[[str], Any] = print) -> dict[str, list[Path]]:
     """Draw every figure whose data is present under ``path`` into ``out`` (default ``<path>/figures``)
@@ -777,63 +814,39 @@ def draw_all(path: str | Path, out: str | Path | None = None, findings_config: s
     summ = load_summary(path, res)
     tr, runs, outc = res.traces, res.runs, res.outcomes
     written: dict[str, list[Path]] = {}
-
-    def skip(fig_id: str, what: str) -> None:
-        echo(f"{fig_id} skipped: {what}; the {SOURCES[fig_id]} sweep produces it "
-             f"(python -m experiments.run +sweep={SOURCES[fig_id].split()[0]})")
-
-    has = set(tr["metric"].unique()) if len(tr) else set()
-    # F1
-    if "visual_share" in has:
+    why = available(res, summ)
+    for fig_id, reason in why.items():
+        if reason is not None:
+            echo(f"{fig_id} skipped: {reason}; the {SOURCES[fig_id]} sweep produces it "
+                 f"(python -m experiments.run +sweep={SOURCES[fig_id].split()[0]})")
+    if why["F1"] is None:
         written["F1"] = _save(f1_attention(tr, runs), out, "F1_attention")
-    else:
-        skip("F1", "no visual attention traces")
-    early = _early(summ, "once", 0) if len(summ) else summ
-    if len(early):
+    if why["F2"] is None:
         written["F2"] = _save(f2_retention(summ), out, "F2_retention")
-        rets = sorted(early["retention"].dropna().unique())
+        rets = sorted(_early(summ, "once", 0)["retention"].dropna().unique())
         r = 0.5 if any(np.isclose(rets, 0.5)) else rets[len(rets) // 2]
         table = f3_table(summ, retention=float(r))
         written["F3"] = _save(f3_method_task(summ, retention=float(r)), out, "F3_method_task")
         (out / "F3_method_task.tex").write_text(f3_latex(table, caption=f"Accuracy at retention {r:g}"))
         table.to_csv(out / "F3_method_task.csv")
         written["F3"] += [out / "F3_method_task.tex", out / "F3_method_task.csv"]
-    else:
-        skip("F2", "no early-step pruning runs")
-        skip("F3", "no early-step pruning runs")
-    if {"kl", "top1_agreement"} & has and not recovery_curves(tr, runs).empty:
+    if why["F4"] is None:
         written["F4"] = _save(f4_information_loss(tr, runs), out, "F4_information_loss")
-    else:
-        skip("F4", "no information-loss traces of pruned runs")
-    pr = summ[(summ["method"] != "none")] if len(summ) else summ
-    if len(pr) and (pr["start_fraction"].nunique() > 1 or (pr["schedule"].astype(object) == "progressive").any()):
+    if why["F5"] is None:
         written["F5"] = _save(f5_schedules(summ), out, "F5_schedules")
-    else:
-        skip("F5", "no pruning runs at several start steps or with a progressive schedule")
-    if len(summ) and (summ["skip_n"].fillna(0) > 0).any():
+    if why["F6"] is None:
         written["F6"] = _save(f6_layer_skip(summ), out, "F6_layer_skip")
-    else:
-        skip("F6", "no layer-skipping runs")
-    if len(summ) and summ["strategy"].nunique() > 1 and summ["rel_flops"].notna().any():
+    if why["F7"] is None:
         written["F7"] = _save(f7_pareto(summ), out, "F7_pareto")
-    else:
-        skip("F7", "fewer than two strategies with relative FLOPs")
-    corr = signal_correlations(tr, runs) if len(set(SIGNALS) & has) >= 2 else pd.DataFrame()
-    if len(corr):
+    if why["F8"] is None:
         written["F8"] = _save(f8_signal_agreement(tr, runs), out, "F8_signal_agreement")
-    else:
-        skip("F8", "no two per-token pruning signals on the same tokens")
-    sig = next((s for s in ("importance", "answer_logit", "drop_one_kl") if s in has), None)
-    chosen = choose_samples(tr, runs, signal=sig) if sig else []
-    if chosen:
+    if why["F9"] is None:
+        sig = next(s for s in SIGNALS if s in set(tr["metric"].unique()))
+        chosen = choose_samples(tr, runs, signal=sig)
         written["F9"] = _save(f9_importance_grid(tr, outc, runs, chosen, signal=sig), out, "F9_importance")
-        gif = f9_animation(tr, outc, chosen[0][0], chosen[0][1], out / "F9_importance.gif", signal=sig)
-        written["F9"].append(gif)
-    else:
-        skip("F9", "no per-token importance traces")
+        written["F9"].append(f9_animation(tr, outc, chosen[0][0], chosen[0][1], out / "F9_importance.gif", signal=sig))
     verdicts = evaluate(res, summ, config=findings_config)
-    fpath = write_findings(verdicts, path / "FINDINGS.md", source=str(path))
-    written["FINDINGS"] = [fpath]
+    written["FINDINGS"] = [write_findings(verdicts, path / "FINDINGS.md", source=str(path))]
     for k, v in written.items():
         echo(f"{k}: " + ", ".join(str(p) for p in v))
     return written

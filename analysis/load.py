@@ -22,7 +22,7 @@ from redundancy.results import Results, load_results
 __all__ = [
     "HEADLINE", "FAMILIES", "load_results", "load", "results_dirs", "summary", "family_of", "headline_metric",
     "run_info", "enrich_summary", "samples", "paired", "parse_json", "bootstrap_mean", "pareto_front",
-    "summarize_results",
+    "summarize_results", "summary_from_results",
 ]
 
 #: headline metric per task (as ``redundancy.experiment.HEADLINE``; kept here so analysis needs no torch)
@@ -232,20 +232,29 @@ def summary(path: str | Path | Iterable[str | Path], results: Results | None = N
         return pd.DataFrame()
     df = pd.concat(frames, ignore_index=True).drop_duplicates("run_id")
     res = results if results is not None else load(path)
-    return enrich_summary(df, res.runs)
+    return enrich_summary(df, res.runs, res.outcomes)
 
 
-def enrich_summary(df: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """Replace the label columns of a ``summarize`` frame by what the runs' identities say."""
+def enrich_summary(df: pd.DataFrame, runs: pd.DataFrame, outcomes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Replace the label columns of a ``summarize`` frame by what the runs' identities say; with the
+    outcomes, add ``baseline_run_id``, ``baseline_accuracy`` and ``delta`` (accuracy - baseline's)."""
     info = run_info(runs)
     df = df.copy()
     df["run_id"] = df["run_id"].astype(str)
-    df = df.drop(columns=[c for c in _INFO_COLS + ["layer"] if c in df.columns])
+    df = df.drop(columns=[c for c in _INFO_COLS + ["layer", "baseline_run_id", "baseline_accuracy", "delta"]
+                          if c in df.columns])
     df = df.join(info[_INFO_COLS], on="run_id")
     fam = df["model"].map(family_of)
     df["family"] = np.where(fam != "unknown", fam, df.get("family", fam))
     df["speedup_flops"] = 1.0 / df["rel_flops"].astype(float)
     df["speedup_seconds"] = 1.0 / df["rel_seconds"].astype(float)
+    if outcomes is not None and len(outcomes):
+        base = outcomes.dropna(subset=["baseline_run_id"]).groupby("run_id")["baseline_run_id"].first()
+        df["baseline_run_id"] = df["run_id"].map(base).astype(object)
+        acc = df.set_index("run_id")["accuracy"]
+        df["baseline_accuracy"] = df["baseline_run_id"].map(acc).astype(float)
+        df.loc[df["strategy"] == "baseline", "baseline_accuracy"] = df.loc[df["strategy"] == "baseline", "accuracy"]
+        df["delta"] = df["accuracy"] - df["baseline_accuracy"]
     return df
 
 
@@ -358,3 +367,9 @@ def _bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tupl
     rng = np.random.default_rng(seed)
     means = rng.choice(values, size=(n_boot, len(values)), replace=True).mean(1)
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def summary_from_results(res: Results) -> pd.DataFrame:
+    """:func:`summary` of tables already loaded (computed with :func:`summarize_results`, no file, no torch)."""
+    df = summarize_results(res)
+    return enrich_summary(df, res.runs, res.outcomes) if len(df) else df

@@ -63,6 +63,16 @@ def median(xs: Iterable[float]) -> float:
     return float(statistics.median(list(xs)))
 
 
+def add_threads_arg(ap) -> None:
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's own default, i.e. the visible cores)")
+
+
+def set_threads(n: int | None) -> None:
+    if n is not None:
+        torch.set_num_threads(n)
+
+
 def describe_threads() -> str:
     return f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads"
 

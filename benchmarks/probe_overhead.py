@@ -1,6 +1,6 @@
 """Overhead of the visual attention probe: generation time with it on every layer and step / without.
 
-``python benchmarks/probe_overhead.py [--repeats-zoo 8] [--repeats-large 3] [--quick]``
+``python benchmarks/probe_overhead.py [--repeats-zoo 8] [--repeats-large 3] [--threads N] [--quick]``
 
 Two models, each in one run with the plain and probed generations interleaved (ABBA order, so a
 drift in background load cancels); the ratio of the median times is kept:
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 
-from _common import describe_threads, median, print_results, random_llama, random_prompt, timed
+from _common import (
+    add_threads_arg, describe_threads, median, print_results, random_llama, random_prompt, set_threads, timed,
+)
 
 import torch  # noqa: E402  (after _common, which puts the repository on sys.path)
 
@@ -80,7 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats-zoo", type=int, default=8, help="timed plain/probed pairs on the zoo-sized model")
     ap.add_argument("--repeats-large", type=int, default=3, help="timed pairs on the LLaDA-V-shaped model")
     ap.add_argument("--quick", action="store_true", help="small shapes, 1 pair: keeps the script alive in seconds")
+    add_threads_arg(ap)
     args = ap.parse_args(argv)
+    set_threads(args.threads)
     torch.manual_seed(0)
     print(describe_threads(), flush=True)
     if args.quick:

@@ -1,6 +1,6 @@
 """Wall-clock speedup of visual-token pruning and layer skipping against their analytic FLOPs speedup.
 
-``python benchmarks/pruning_speedup.py [--repeats 3] [--batch 1] [--quick]``
+``python benchmarks/pruning_speedup.py [--repeats 3] [--batch 1] [--threads N] [--quick]``
 
 On the CPU-scaled LLaDA-V-shaped random model (729 visual tokens, hidden 512, 8 layers; answer 64
 tokens in 32 steps) one run times a generation of every case: unpruned, FastV at K=2 keeping 50% /
@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 
-from _common import describe_threads, median, print_results, random_llama, random_prompt, timed
+from _common import (
+    add_threads_arg, describe_threads, median, print_results, random_llama, random_prompt, set_threads, timed,
+)
 
 import torch  # noqa: E402  (after _common, which puts the repository on sys.path)
 
@@ -47,7 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds over all cases (median kept)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="a tiny model, 1 round: keeps the script alive in seconds")
+    add_threads_arg(ap)
     args = ap.parse_args(argv)
+    set_threads(args.threads)
     if args.quick:
         answer, steps, repeats = 8, 4, 1
     else:

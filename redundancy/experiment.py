@@ -9,10 +9,9 @@ e.g. schedules that coincide for a task share one run) and written atomically to
 from __future__ import annotations
 
 import copy
-import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,7 +29,7 @@ from .policies import SCORERS, make_policy
 from .policies.pruning import PruneConfig, PruningPolicy
 from .policies.skip import LayerSkipPolicy, SkipConfig
 from .probes import AnswerSignalProbe, BaselineCache, CostProbe, VisualAttentionProbe, drop_one_oracle
-from .probes.divergence import MODES, compare, forced, record
+from .probes.divergence import MODES, compare, forced
 from .results import ResultStore, load_results, make_run_row, read_table, run_id
 from .sampling import make_sampler
 from .tasks import ShapesTask, generate_batch
@@ -116,15 +115,15 @@ def effective_policy(pc: Mapping[str, Any], steps: int, depth: int) -> dict | No
         pol = PruningPolicy(PruneConfig(**prune))
         c = pol.config
         if c.layer < depth:
+            # the schedule knobs are replaced by the decisions they produce over this run's steps;
+            # every other knob stays in the identity
+            scheduling = {"schedule", "step", "step_fraction", "late_fraction", "progressive_ratios", "ratio"}
+            decisions = pol.decisions(steps)
             out["prune"] = {
-                "method": c.method, "layer": c.layer,
+                **{k: v for k, v in asdict(c).items() if k not in scheduling},
                 # VTW keeps no visual token whatever the ratio: only the decision steps matter
-                "decisions": [s for s, _ in pol.decisions(steps)] if c.method == "vtw" else pol.decisions(steps),
-                "persistent": pol.persistent, "persist_from": c.persist_from,
-                **({"seed": c.seed} if c.method in ("random", "divprune") else {}),
-                **({"query": c.query, "heads_before_softmax": c.heads_before_softmax} if c.method == "fastv" else {}),
-                **({"recycle": c.recycle} if c.method == "sparsevlm" else {}),
-                **({"proportional_attention": c.proportional_attention} if c.method == "tome" else {}),
+                "decisions": [s for s, _ in decisions] if c.method == "vtw" else decisions,
+                "persistent": pol.persistent,
             }
     if any(skip.get(k) is not None for k in ("layers", "n", "fraction")):
         sp = LayerSkipPolicy(SkipConfig(**skip))
@@ -209,10 +208,6 @@ def get_prompt(model: Adapter, mc: Mapping, task: ShapesTask, indices: range) ->
     return _PROMPTS[key], batch.samples
 
 
-def _policy_fresh(c: Mapping):
-    return build_policy(c["policy"])
-
-
 def run(cfg: Any, store: ResultStore | None = None) -> pd.DataFrame:
     """Run one config (or reuse its finished tables) and return its outcome table."""
     p = plan(cfg)
@@ -235,7 +230,7 @@ def run(cfg: Any, store: ResultStore | None = None) -> pd.DataFrame:
         if p.identity["policy"] == {"blind": True}:
             prompt = prompt.without_visual()
         ids = [s.sample_id for s in samples]
-        policy = _policy_fresh(c)
+        policy = build_policy(c["policy"])
         cost = CostProbe()
         kept = _Kept()
         listeners: list = [cost, kept]
@@ -269,7 +264,7 @@ def run(cfg: Any, store: ResultStore | None = None) -> pd.DataFrame:
             if "free" in modes:
                 traces += _rows(compare(baseline, lp, "free", gen.trajectory.tokens), ids, None)
             if "forced" in modes:
-                traces += _rows(compare(baseline, forced(model, prompt, p.sampler, _policy_fresh(c), baseline),
+                traces += _rows(compare(baseline, forced(model, prompt, p.sampler, build_policy(c["policy"]), baseline),
                                         "forced"), ids, None)
         for step in probe_cfg.get("oracle_steps") or []:
             if step < len(gen.trajectory.steps):

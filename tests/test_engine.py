@@ -110,7 +110,7 @@ def test_prefix_cache_equals_prefix_lm_mask(tiny, prompt3):
     ids[:, prompt3.answer_index[1]] = tiny.tokenizer.index["red"]
     cache = eng.prefill(prompt3, ids)
     out = eng.forward(prompt3, ids, prefix=cache)
-    n, start = prompt3.seq_len, prompt3.answer_start
+    start = prompt3.answer_start
     mask = build_mask(prompt3.key_valid, torch.float32)
     mask[:, :, :start, start:] = torch.finfo(torch.float32).min
     hidden = reference_logits(tiny, prompt3, input_ids=ids, mask=mask)

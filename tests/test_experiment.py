@@ -69,6 +69,9 @@ def test_coinciding_settings_share_one_run(tmp_path):
     assert plan(cfg(tmp_path, "policy=fastv", "policy.prune.schedule=late")).run_id != once
     assert plan(cfg(tmp_path, "policy=fastv", "policy.prune.step_fraction=0.0")).run_id == once
     assert plan(cfg(tmp_path, "policy=fastv", "output=/tmp/x.parquet")).run_id == once
+    # every knob that is not a scheduling knob stays in the identity
+    sv = plan(cfg(tmp_path, "policy=sparsevlm")).run_id
+    assert plan(cfg(tmp_path, "policy=sparsevlm", "policy.prune.recycle_fraction=0.9")).run_id != sv
 
 
 @pytest.mark.parametrize("overrides, match", [

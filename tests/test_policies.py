@@ -8,7 +8,7 @@ import torch
 from redundancy.engine import Engine, TokenState, attention_rows, build_mask
 from redundancy.generate import generate_from_prompt
 from redundancy.policies import (
-    SCORERS, Decision, LayerSkipPolicy, PruneConfig, PruningPolicy, SkipConfig, apply_decision, make_policy,
+    SCORERS, LayerSkipPolicy, PruningPolicy, apply_decision, make_policy,
 )
 from redundancy.policies.scorers import ToMe
 from redundancy.probes import CostProbe

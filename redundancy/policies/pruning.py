@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import Tensor
 
 from ..engine.events import AttentionEvent, ForwardContext, Policy
@@ -112,10 +111,11 @@ class PruningPolicy(Policy):
                     f"method {c.method!r} (query {c.query!r}) scores from the answer rows, which the prefill "
                     "of the prefix cache does not contain; use it without the prefix cache"
                 )
-            if c.schedule != "once" or c.step != 0 or c.step_fraction not in (None, 0.0):
+            at = c.step if c.step_fraction is None else f"step_fraction {c.step_fraction}"
+            if c.schedule != "once" or (c.step_fraction is None and c.step != 0) or c.step_fraction not in (None, 0.0):
                 raise ValueError(
                     f"under the prefix cache pruning is decided in the prefill (schedule 'once' at step 0); "
-                    f"got schedule {c.schedule!r} at step {c.step}"
+                    f"got schedule {c.schedule!r} at {at if isinstance(at, str) else f'step {at}'}"
                 )
 
     def on_generation_start(self, prompt, sampler) -> None:
@@ -127,11 +127,6 @@ class PruningPolicy(Policy):
         self.scorer.reset()
 
     # -- schedule -------------------------------------------------------------------------------
-    def _change_steps(self) -> list[int]:
-        S = self.total_steps or 1
-        m = len(self.config.progressive_ratios)
-        return sorted({min(S - 1, round(t * S / m)) for t in range(m)})
-
     def _stage_steps(self) -> list[int]:
         """The change step of each progressive stage (stages may share a step when S is small)."""
         S = self.total_steps or 1
@@ -159,7 +154,6 @@ class PruningPolicy(Policy):
         """(step, retention) of every decision this policy takes over ``total_steps`` steps."""
         saved, self.total_steps = self.total_steps, total_steps
         try:
-            c = self.config
             return [(s, self._ratio_at(s)) for s in range(total_steps) if self.decides_at(s)]
         finally:
             self.total_steps = saved
@@ -191,7 +185,8 @@ class PruningPolicy(Policy):
 
     @property
     def persistent(self) -> bool:
-        return self.config.schedule in ("once", "late", "progressive")
+        """Whether a decision carries over to later steps (RedVTP's always does)."""
+        return self.config.schedule in ("once", "late", "progressive") or self.config.method == "redvtp"
 
     def _active(self, ctx: ForwardContext) -> bool:
         return ctx.tag == "decode" and ctx.phase in ("full", "prefill") and self.config.layer < ctx.adapter.num_layers
@@ -235,6 +230,8 @@ class PruningPolicy(Policy):
 
     def on_forward_end(self, ctx, output) -> None:
         if self.config.method == "redvtp" and self._active(ctx) and self.decides_at(ctx.step) and self.scorer._acc:
+            if self.n_visual is None:  # driven without a sampler
+                self.n_visual = ctx.prompt.n_visual
             state = output.state
             vis = state.visual_slots(ctx.prompt.is_visual()).expand(state.batch_size, -1)
             new = self.scorer.decide(ctx, None, state, vis, self.k_at(ctx.step))

@@ -175,7 +175,7 @@ class SparseVLM(Scorer):
         h = F.normalize(hidden[:, vis[0]].float(), dim=-1)
         keep_l, mpos_l, mem_l = [], [], []
         for i in range(sc.shape[0]):
-            order = sc[i].argsort(descending=True)
+            order = sc[i].argsort(descending=True, stable=True)
             kept = order[: k - c]
             rec = order[k - c: k - c + n_rec]
             centres = rec[:c]

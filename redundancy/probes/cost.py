@@ -21,10 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from torch import Tensor
 
 from ..engine.events import ForwardContext, Listener
-from ..engine.state import TokenState
 
 __all__ = [
     "CostProbe",

@@ -17,7 +17,6 @@ import math
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
