@@ -287,7 +287,7 @@ def test_interval_logic():
     assert FD.test_interval(-0.1, 0.1, 0.0, "at_least") is None
     assert FD.test_interval(0.0, 0.0, 0.0, "above") is False and FD.test_interval(0.0, 0.0, 0.0, "at_least") is True
     assert FD.test_interval(-0.3, -0.2, -0.1, "at_most") is True
-    assert FD.test_interval(-0.3, -0.2, -0.2, "below") is False
+    assert FD.test_interval(-0.2, -0.1, -0.2, "below") is False and FD.test_interval(-0.4, -0.3, -0.2, "below") is True
 
 
 def test_combine_rules():
@@ -329,10 +329,11 @@ def test_findings_not_measured_without_data():
 
 
 def test_missing_family_is_not_measured():
-    only_scratch = make_tables(models=("toy-scratch",), methods=("fastv",), retentions=(0.5,), schedules=("once",),
+    only_scratch = make_tables(models=("toy-scratch",), methods=("fastv",), retentions=(0.25,), schedules=("once",),
                                skips=(), recovery_starts=(), attention=False, signals=False, n_samples=4)
     v = {x.number: x for x in FD.evaluate(only_scratch, only=[4, 6, 7])}
-    assert v[4].verdict == "not measured"  # the AR-to-diffusion half has no data
+    assert v[4].conditions[0].outcome is True  # from-scratch: a significant drop at retention 0.25
+    assert v[4].verdict == "not measured"  # ... but the AR-to-diffusion half has no data
     assert v[6].verdict == "not measured" and v[7].verdict == "not measured"
 
 

@@ -95,3 +95,19 @@ def test_probe_observes_only_chosen_layers_and_decode_passes(tiny_llama):
     assert {r["layer"] for r in probe.rows} == {1}
     assert {r["step"] for r in probe.rows} == {0}
     assert not any(r["metric"] == "importance" for r in probe.rows)
+
+
+def test_heads_averaged_before_softmax_option(tiny_llama):
+    from redundancy.engine import attention_rows
+
+    p = tiny_llama.build_prompt(images(1), QUESTIONS[:1], 4)
+    probe = VisualAttentionProbe(layers=[0], average_heads_before_softmax=True)
+    Engine(tiny_llama, listeners=[probe]).forward(p, p.input_ids, step=0)
+    layer = tiny_llama.layers[0]
+    h = tiny_llama.embed(p.input_ids, p)
+    cos, sin = tiny_llama.lm.rotary_emb(h, p.position_ids)
+    a = attention_rows(layer.self_attn, layer.input_layernorm(h), cos, sin, build_mask(p.key_valid, h.dtype), None, True)
+    ans = p.answer_index
+    expect = a[0, 0, ans][:, p.visual_index].sum(-1).mean().item()  # every answer slot is masked here
+    got = [r for r in probe.rows if r["query_group"] == "masked" and r["metric"] == "visual_share"][0]["value"]
+    assert abs(got - expect) < 1e-5

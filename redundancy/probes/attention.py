@@ -9,7 +9,8 @@ already committed) and ``text`` (prompt positions that are neither visual nor an
   receives from answer rows, at the steps and layers asked for.
 
 Only the needed query rows are recomputed from the layer's own q/k projections and rotary tables
-(no eager attention, no n x n map kept across steps); heads are averaged after the softmax.
+(no eager attention, no n x n map kept across steps); heads are averaged after the softmax, or
+before it with ``average_heads_before_softmax`` (the study's FastV variant; ``head`` is then 0).
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ class VisualAttentionProbe(Listener):
         per_head: bool = False,
         importance_steps: Iterable[int] | None = (),
         importance_layers: Iterable[int] | None = None,
+        average_heads_before_softmax: bool = False,
     ):
         self.layers = None if layers is None else set(layers)
         self.per_head = per_head
         self.importance_steps = None if importance_steps is None else set(importance_steps)
         self.importance_layers = None if importance_layers is None else set(importance_layers)
+        self.before_softmax = average_heads_before_softmax
         self.rows: list[dict] = []
 
     def wants_attention(self, ctx: ForwardContext, layer: int) -> bool:
@@ -58,7 +61,8 @@ class VisualAttentionProbe(Listener):
         text_slots = text_mask.nonzero().squeeze(1)
         query = torch.cat([ans_slots, text_slots])
         b = state.batch_size
-        probs = ev.rows(query.expand(b, -1))  # [b, h, q, n]
+        # heads averaged after the softmax by default; before it (one "head") as the study's FastV does
+        probs = ev.rows(query.expand(b, -1), average_heads_before_softmax=self.before_softmax)  # [b, h, q, n]
         vis = probs[..., is_vis]  # [b, h, q, n_vis]
         share = vis.sum(-1)  # [b, h, q]
         pv = vis / share.clamp_min(1e-30).unsqueeze(-1)
