@@ -197,7 +197,7 @@ class Data:
         self.res = res
         self.cfg = cfg
         self.info = run_info(res.runs, res.traces)
-        self.pairs = paired(res) if len(res.outcomes) else pd.DataFrame()
+        self.pairs = paired(res)
         tt = cfg.get("task_types") or {}
         self.task_type = {t: k for k, ts in tt.items() for t in (ts or [])}
         if len(self.pairs):

@@ -292,7 +292,7 @@ def run(cfg: Any, store: ResultStore | None = None) -> pd.DataFrame:
     out_df = pd.DataFrame(outcomes)
     tr_df = pd.DataFrame(traces, columns=["sample_id", "step", "layer", "head", "token", "query_group", "mode",
                                           "metric", "value"])
-    row = make_run_row({**p.identity, "label": _label(c)}, weights_hash=_weights_hash(c["model"]))
+    row = make_run_row({**p.identity, "label": _label(c, p.identity)}, weights_hash=_weights_hash(c["model"]))
     row["run_id"] = p.run_id
     store.write_run(row, tr_df, out_df)
     table = read_table(store.path("outcomes", p.run_id))
@@ -311,13 +311,24 @@ def _rows(rows: list[dict], ids: list[str], batch_id: str | None) -> list[dict]:
     return out
 
 
-def _label(c: Mapping) -> dict:
-    """Human-readable labels of a run (kept in the runs table, not in the identity)."""
+def _label(c: Mapping, identity: Mapping) -> dict:
+    """Human-readable labels of a run (kept in the runs table, not in the identity).
+
+    Settings that do not apply to the run (a baseline's retention, a VTW ratio) are left empty.
+    """
     pol = c["policy"]
-    pr = pol.get("prune") or {}
-    return {"policy": pol.get("name", "none"), "method": pr.get("method", "none"),
-            "schedule": pr.get("schedule"), "ratio": pr.get("ratio"), "layer": pr.get("layer"),
-            "skip_n": (pol.get("skip") or {}).get("n"), "skip_position": (pol.get("skip") or {}).get("position")}
+    eff = identity.get("policy") or {}
+    pr, sk = pol.get("prune") or {}, pol.get("skip") or {}
+    prune_on, skip_on = "prune" in eff, "skip" in eff
+    return {
+        "policy": pol.get("name", "none"),
+        "method": "blind" if eff.get("blind") else (pr.get("method") if prune_on else "none"),
+        "schedule": pr.get("schedule") if prune_on else None,
+        "ratio": pr.get("ratio") if prune_on and pr.get("method") != "vtw" else None,
+        "layer": pr.get("layer") if prune_on else None,
+        "skip_n": len(eff["skip"]["layers"]) if skip_on else None,
+        "skip_position": sk.get("position") if skip_on and sk.get("layers") is None else None,
+    }
 
 
 _HASHES: dict[tuple, str] = {}

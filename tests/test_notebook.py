@@ -25,7 +25,7 @@ def _outputs_text(nb) -> str:
 
 
 def test_notebook_runs_on_a_small_results_folder(tmp_path):
-    results = make_results(tmp_path / "paper", tasks=("shapes_long",), methods=("fastv",), retentions=(0.5,),
+    results = make_results(tmp_path / "paper", tasks=("shapes_short",), methods=("fastv",), retentions=(0.5,),
                            schedules=("once", "late"), skips=((1, "middle"),), n_samples=3)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     first = nb.cells[0]
@@ -37,20 +37,8 @@ def test_notebook_runs_on_a_small_results_folder(tmp_path):
     assert not errors, errors
     text = _outputs_text(nb)
     assert "skipped" not in text  # every figure had its data
-    images = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
-    assert images >= 9  # F1-F9 (F9 twice: grid and GIF frame)
-    assert "# Findings" in text and "supported" in text
-
-
-def test_notebook_reports_missing_figures(tmp_path):
-    results = make_results(tmp_path / "pruning", models=("toy-scratch",), tasks=("shapes_short",),
-                           methods=("fastv",), retentions=(0.5,), schedules=("once",), skips=(), recovery_starts=(),
-                           attention=False, signals=False, n_samples=3)
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nb.cells[0].source = f"RESULTS = {str(results)!r}"
-    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    text = _outputs_text(nb)
-    assert "F1 skipped" in text and "attention sweep" in text
-    assert "F6 skipped" in text and "layerskip" in text
-    assert "F2 skipped" not in text
+    outputs = [o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])]
+    assert sum("image/png" in d for d in outputs) >= 9  # F1-F9
+    assert sum("image/gif" in d for d in outputs) == 1  # the F9 animation
+    assert "# Findings" in text and "## 11. " in text
 
