@@ -25,8 +25,7 @@ __all__ = [
     "summarize_results", "summary_from_results",
 ]
 
-#: headline metric per task (as ``redundancy.experiment.HEADLINE``; kept here so analysis needs no torch)
-HEADLINE: dict[str, str] = {"shapes_short": "exact_match", "shapes_long": "object_recall"}
+from redundancy.results.summary import HEADLINE, summarize_results  # noqa: E402  (pandas only, no torch)
 #: order of the model families in every figure
 FAMILIES: tuple[str, ...] = ("from_scratch", "ar_to_diffusion", "autoregressive")
 
@@ -64,9 +63,7 @@ def family_of(model_name: Any) -> str:
     return "unknown"
 
 
-def headline_metric(task: Any) -> str:
-    """The metric reported as accuracy for a task (``exact_match`` for unknown tasks)."""
-    return HEADLINE.get(str(task), "exact_match")
+from redundancy.results.summary import headline_metric  # noqa: E402
 
 
 # -- folders --------------------------------------------------------------------------------------
@@ -207,7 +204,7 @@ _INFO_COLS = ["strategy", "method", "schedule", "retention", "prune_layer", "pru
 
 
 def summary(path: str | Path | Iterable[str | Path], results: Results | None = None) -> pd.DataFrame:
-    """One row per run: ``summary.parquet`` of each folder (computed by ``redundancy.experiment.summarize``
+    """One row per run: ``summary.parquet`` of each folder (computed by ``redundancy.results.summary.summarize``
     when missing or stale), with the identity-derived columns of :func:`run_info` replacing the
     label defaults (``method``, ``schedule``, ``retention``, ``skip_n``, ``skip_position``) and added
     (``strategy``, ``prune_step``, ``start_fraction``...); ``speedup_flops`` = 1/rel_flops and
@@ -223,7 +220,7 @@ def summary(path: str | Path | Iterable[str | Path], results: Results | None = N
             if set(df["run_id"].astype(str)) != ids:
                 df = None  # stale: runs were added since it was written
         if df is None and ids:
-            from redundancy.experiment import summarize
+            from redundancy.results.summary import summarize
 
             df = summarize(d)
         if df is not None and len(df):
@@ -322,51 +319,6 @@ def pareto_front(cost: Any, value: Any) -> np.ndarray:
             front.append(i)
             best = v[i]
     return np.asarray(front, dtype=int)
-
-
-def summarize_results(res: Results) -> pd.DataFrame:
-    """The columns of ``redundancy.experiment.summarize`` (one row per run) from loaded tables, without
-    torch; it is used to write ``summary.parquet`` of crafted results folders. Same rules: accuracy =
-    mean headline metric with a 95% bootstrap CI (1000 resamples, seed 0), ``rel_flops`` /
-    ``rel_seconds`` against the run's baseline (1 for a baseline, NaN when it is not loaded).
-    """
-    if res.runs.empty:
-        return pd.DataFrame()
-    runs = res.runs.set_index("run_id")
-    rows = []
-    for rid, g in res.outcomes.groupby("run_id", sort=False):
-        r = runs.loc[rid]
-        task = r.get("task.name")
-        metric = headline_metric(task)
-        acc = g[metric].to_numpy(dtype=float)
-        lo, hi = _bootstrap_ci(acc)
-        base_id = g["baseline_run_id"].dropna().unique()
-        rel_flops = rel_time = float("nan")
-        if len(base_id) and (res.outcomes["run_id"] == base_id[0]).any():
-            b = res.outcomes[res.outcomes["run_id"] == base_id[0]]
-            rel_flops = g["flops"].sum() / b["flops"].sum()
-            rel_time = g["seconds"].sum() / b["seconds"].sum()
-        elif not len(base_id):
-            rel_flops = rel_time = 1.0
-        rows.append({
-            "run_id": rid, "model": r.get("model.name"), "family": family_of(r.get("model.name")), "task": task,
-            "policy": r.get("label.policy"), "method": r.get("label.method"), "schedule": r.get("label.schedule"),
-            "retention": r.get("label.ratio"), "layer": r.get("label.layer"),
-            "skip_n": r.get("label.skip_n"), "skip_position": r.get("label.skip_position"),
-            "metric": metric, "accuracy": float(acc.mean()), "n": len(acc), "ci_low": lo, "ci_high": hi,
-            "rel_flops": rel_flops, "rel_seconds": rel_time,
-            "baseline_agreement": float(g["baseline_agreement"].mean()),
-        })
-    return pd.DataFrame(rows)
-
-
-def _bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-    values = np.asarray(values, dtype=float)
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(n_boot, len(values)), replace=True).mean(1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def summary_from_results(res: Results) -> pd.DataFrame:

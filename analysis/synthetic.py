@@ -82,7 +82,7 @@ def paper_effect(ctx: Mapping[str, Any]) -> dict:
 
 def opposite_effect(ctx: Mapping[str, Any]) -> dict:
     """Effects that contradict every measurable finding of the study."""
-    fam, tt, strat = ctx["family"], ctx["task_type"], ctx["strategy"]
+    fam, _tt, strat = ctx["family"], ctx["task_type"], ctx["strategy"]
     if strat == "blind":
         return {"delta": -0.3, "rel_flops": 0.3, "rel_seconds": 0.3}
     if strat == "skip":

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -30,7 +29,8 @@ from .policies.pruning import PruneConfig, PruningPolicy
 from .policies.skip import LayerSkipPolicy, SkipConfig
 from .probes import AnswerSignalProbe, BaselineCache, CostProbe, VisualAttentionProbe, drop_one_oracle
 from .probes.divergence import MODES, compare, forced
-from .results import ResultStore, load_results, make_run_row, read_table, run_id
+from .results import ResultStore, make_run_row, read_table, run_id
+from .results.summary import write_summary
 from .sampling import make_sampler
 from .tasks import ShapesTask, generate_batch
 
@@ -292,7 +292,7 @@ def run(cfg: Any, store: ResultStore | None = None) -> pd.DataFrame:
     out_df = pd.DataFrame(outcomes)
     tr_df = pd.DataFrame(traces, columns=["sample_id", "step", "layer", "head", "token", "query_group", "mode",
                                           "metric", "value"])
-    row = make_run_row({**p.identity, "label": _label(c, p.identity)}, weights_hash=_weights_hash(c["model"]))
+    row = make_run_row({**p.identity, "label": _label(c, p.identity, model.family)}, weights_hash=_weights_hash(c["model"]))
     row["run_id"] = p.run_id
     store.write_run(row, tr_df, out_df)
     table = read_table(store.path("outcomes", p.run_id))
@@ -311,7 +311,7 @@ def _rows(rows: list[dict], ids: list[str], batch_id: str | None) -> list[dict]:
     return out
 
 
-def _label(c: Mapping, identity: Mapping) -> dict:
+def _label(c: Mapping, identity: Mapping, family: str) -> dict:
     """Human-readable labels of a run (kept in the runs table, not in the identity).
 
     Settings that do not apply to the run (a baseline's retention, a VTW ratio) are left empty.
@@ -321,6 +321,7 @@ def _label(c: Mapping, identity: Mapping) -> dict:
     pr, sk = pol.get("prune") or {}, pol.get("skip") or {}
     prune_on, skip_on = "prune" in eff, "skip" in eff
     return {
+        "family": family,
         "policy": pol.get("name", "none"),
         "method": "blind" if eff.get("blind") else (pr.get("method") if prune_on else "none"),
         "schedule": pr.get("schedule") if prune_on else None,
@@ -361,83 +362,6 @@ def _finish(c: Mapping, table: pd.DataFrame, p: Plan, reused: bool) -> None:
         acc = table[head].mean() if len(table) else float("nan")
         print(f"[{p.run_id}] {c['model']['name']} {p.task.name} policy={c['policy'].get('name')}: "
               f"{head}={acc:.3f} over {len(table)} samples{note}")
-
-
-# -- summary --------------------------------------------------------------------------------------
-def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean."""
-    values = np.asarray(values, dtype=float)
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(n_boot, len(values)), replace=True).mean(1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
-HEADLINE = {"shapes_short": "exact_match", "shapes_long": "object_recall"}
-
-
-def summarize(root: str | Path) -> pd.DataFrame:
-    """One row per run: labels, accuracy with n and bootstrap CI, relative FLOPs and time, agreement."""
-    res = load_results(root)
-    if res.runs.empty:
-        return pd.DataFrame()
-    runs = res.runs.set_index("run_id")
-    rows = []
-    for rid, g in res.outcomes.groupby("run_id", sort=False):
-        r = runs.loc[rid]
-        task = r.get("task.name")
-        metric = HEADLINE.get(task, "exact_match")
-        acc = g[metric].to_numpy(dtype=float)
-        lo, hi = bootstrap_ci(acc)
-        base_id = g["baseline_run_id"].dropna().unique()
-        rel_flops = rel_time = float("nan")
-        if len(base_id) and (res.outcomes["run_id"] == base_id[0]).any():
-            b = res.outcomes[res.outcomes["run_id"] == base_id[0]]
-            rel_flops = g["flops"].sum() / b["flops"].sum()
-            rel_time = g["seconds"].sum() / b["seconds"].sum()
-        elif not len(base_id):
-            rel_flops = rel_time = 1.0
-        rows.append({
-            "run_id": rid, "model": r.get("model.name"), "family": _family(r.get("model.name")), "task": task,
-            "policy": r.get("label.policy"), "method": r.get("label.method"), "schedule": r.get("label.schedule"),
-            "retention": r.get("label.ratio"), "layer": r.get("label.layer"),
-            "skip_n": r.get("label.skip_n"), "skip_position": r.get("label.skip_position"),
-            "metric": metric, "accuracy": float(acc.mean()), "n": len(acc), "ci_low": lo, "ci_high": hi,
-            "rel_flops": rel_flops, "rel_seconds": rel_time,
-            "baseline_agreement": float(g["baseline_agreement"].mean()),
-        })
-    return pd.DataFrame(rows)
-
-
-def _family(name: Any) -> str:
-    name = str(name)
-    if name.startswith("toy-scratch"):
-        return "from_scratch"
-    if name.startswith("toy-ar2diff"):
-        return "ar_to_diffusion"
-    if name.startswith("toy-ar"):
-        return "autoregressive"
-    try:
-        return get_model({"name": name}).family
-    except Exception:  # noqa: BLE001 - a summary must not fail on a model it cannot load
-        return "unknown"
-
-
-def write_summary(root: str | Path, echo: bool = True) -> pd.DataFrame:
-    """Write ``summary.parquet`` of a results folder (atomically) and print it."""
-    from .results import write_table
-
-    df = summarize(root)
-    if df.empty:
-        return df
-    write_table(df, Path(root) / "summary.parquet")
-    if echo:
-        cols = ["model", "task", "policy", "schedule", "retention", "layer", "skip_n", "accuracy", "ci_low",
-                "ci_high", "n", "rel_flops", "rel_seconds", "baseline_agreement"]
-        with pd.option_context("display.width", 200, "display.max_rows", 500, "display.float_format", "{:.3f}".format):
-            print(df[cols].to_string(index=False))
-    return df
 
 
 try:  # Hydra callback: the summary at the end of a multirun

@@ -23,7 +23,7 @@ from analysis.load import (  # noqa: E402
     summary,
     summary_from_results,
 )
-from analysis.synthetic import make_results, make_tables, opposite_effect, paper_effect  # noqa: E402
+from analysis.synthetic import make_results, make_tables, opposite_effect  # noqa: E402
 from redundancy.results import Results  # noqa: E402
 
 MEASURABLE = list(range(1, 11))
