@@ -201,11 +201,12 @@ class _Kept(Listener):
 def get_prompt(model: Adapter, mc: Mapping, task: ShapesTask, indices: range) -> tuple[Prompt, list]:
     """The prompt of a fixed batch of samples (vision features computed once per process)."""
     key = (mc["name"], mc.get("checkpoint"), task.name, task.split, indices.start, indices.stop)
-    batch = generate_batch(task, task.split, indices)
     if key not in _PROMPTS:
+        batch = generate_batch(task, task.split, indices)
         with torch.no_grad():
-            _PROMPTS[key] = model.build_prompt(batch.pil_images(), batch.questions, task.answer_length)
-    return _PROMPTS[key], batch.samples
+            prompt = model.build_prompt(batch.pil_images(), batch.questions, task.answer_length)
+        _PROMPTS[key] = (prompt, batch.samples)
+    return _PROMPTS[key]
 
 
 def run(cfg: Any, store: ResultStore | None = None) -> pd.DataFrame:

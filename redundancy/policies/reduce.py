@@ -67,21 +67,20 @@ def apply_decision(hidden: Tensor, state: TokenState, visual_mask: Tensor, decis
     out_h, out_live, out_size = [], [], []
     for i in range(b):
         live = state.live[i]
-        keep_vis = torch.isin(live, decision.keep[i]) & is_vis[i]
-        keep = ~is_vis[i] | keep_vis
-        h = hidden[i].clone()
-        s = sizes[i].clone()
+        keep = ~is_vis[i] | (torch.isin(live, decision.keep[i]) & is_vis[i])
+        h, s = hidden[i], sizes[i]
         if decision.is_merge:
-            dest_pos = decision.keep[i]
-            for t in range(dest_pos.numel()):
-                mpos = decision.member_pos[i][decision.members[i] == t]
-                slots = torch.isin(live, mpos).nonzero().squeeze(1)
-                if slots.numel() <= 1:
-                    continue
-                w = s[slots].unsqueeze(1)
-                dslot = (live == dest_pos[t]).nonzero().squeeze(1)
-                h[dslot] = (h[slots] * w).sum(0, keepdim=True) / w.sum()
-                s[dslot] = w.sum()
+            # members that are alive, and the live slot of the destination each was merged into
+            mpos, mem = decision.member_pos[i], decision.members[i]
+            ok = (mem >= 0) & torch.isin(mpos, live)
+            src = torch.searchsorted(live, mpos[ok])
+            dst = torch.searchsorted(live, decision.keep[i][mem[ok]])
+            w = s[src].to(h.dtype)
+            num = torch.zeros_like(h).index_add_(0, dst, h[src] * w.unsqueeze(1))
+            den = torch.zeros(n, dtype=h.dtype, device=h.device).index_add_(0, dst, w)
+            merged = den > 0
+            h = torch.where(merged.unsqueeze(1), num / den.clamp_min(1e-12).unsqueeze(1), h)
+            s = torch.where(merged, den.to(s.dtype), s)
         out_h.append(h[keep])
         out_live.append(live[keep])
         out_size.append(s[keep])

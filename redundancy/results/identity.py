@@ -14,6 +14,8 @@ The rule (also in ``docs/results.md``):
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 import math
@@ -127,6 +129,11 @@ def flatten_config(config: Mapping) -> dict[str, Any]:
 
 def package_versions() -> dict[str, str]:
     """``version.*`` columns: python, redundancy, torch, transformers ('unknown' when absent)."""
+    return dict(_package_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> tuple[tuple[str, str], ...]:
     from .. import __version__
 
     def dist(name: str) -> str:
@@ -135,12 +142,12 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             return "unknown"
 
-    return {
-        "version.python": platform.python_version(),
-        "version.redundancy": __version__,
-        "version.torch": dist("torch"),
-        "version.transformers": dist("transformers"),
-    }
+    return (
+        ("version.python", platform.python_version()),
+        ("version.redundancy", __version__),
+        ("version.torch", dist("torch")),
+        ("version.transformers", dist("transformers")),
+    )
 
 
 def code_revision(start: str | PathLike | None = None) -> str:
