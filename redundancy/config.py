@@ -41,6 +41,8 @@ class SamplerConf:
 
 @dataclass
 class PruneConf:
+    """Hydra schema of ``redundancy.policies.PruneConfig`` (same fields; a test keeps them in step)."""
+
     method: str = "none"  # none, or one of redundancy.policies.SCORERS
     layer: int = 3
     ratio: float = 0.5

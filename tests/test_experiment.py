@@ -160,3 +160,14 @@ def test_submitit_local_launcher_runs_a_two_point_sweep(tmp_path):
     assert sorted(res.runs["label.policy"]) == ["baseline", "random"]
     assert len(res.outcomes) == 4
     assert list((tmp_path / "hydra").rglob("*_submitted.pkl")) or list((tmp_path / "hydra").rglob("*.pkl"))
+
+
+def test_config_schema_matches_the_policy_configs():
+    """The Hydra schema (typed for OmegaConf) and the runtime policy configs must not drift apart."""
+    from dataclasses import fields
+
+    from redundancy.config import PruneConf, SkipConf
+    from redundancy.policies import PruneConfig, SkipConfig
+
+    assert [f.name for f in fields(PruneConf)] == [f.name for f in fields(PruneConfig)]
+    assert [f.name for f in fields(SkipConf)] == [f.name for f in fields(SkipConfig)]
