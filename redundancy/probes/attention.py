@@ -69,24 +69,27 @@ class VisualAttentionProbe(Listener):
         ent = -(pv * pv.clamp_min(1e-30).log()).sum(-1)
         n_ans = ans_slots.numel()
         masked = ctx.input_ids[:, ans_pos] == prompt.mask_id  # [b, L]
-        groups = {
-            "masked": torch.cat([masked, torch.zeros(b, text_slots.numel(), dtype=torch.bool)], 1),
-            "decoded": torch.cat([~masked, torch.zeros(b, text_slots.numel(), dtype=torch.bool)], 1),
-            "text": torch.cat([torch.zeros(b, n_ans, dtype=torch.bool), torch.ones(b, text_slots.numel(), dtype=torch.bool)], 1),
-        }
+        zeros_t = torch.zeros(b, text_slots.numel(), dtype=torch.bool, device=masked.device)
+        sel = torch.stack([
+            torch.cat([masked, zeros_t], 1),  # masked answer slots
+            torch.cat([~masked, zeros_t], 1),  # decoded answer slots
+            torch.cat([torch.zeros_like(masked), ~zeros_t], 1),  # prompt text
+        ]).float()  # [3 groups, b, q]
+        cnt = sel.sum(-1)  # [3, b]
+        vals = torch.stack([share, ent])  # [2 metrics, b, h, q]
+        # every group x metric x sample x head mean in one step, then plain Python lists
+        per_head = torch.einsum("mbhq,gbq->gmbh", vals, sel) / cnt.clamp_min(1)[:, None, :, None]
+        per_head_l, mean_l, cnt_l = per_head.tolist(), per_head.mean(-1).tolist(), cnt.tolist()
         step, layer = ctx.step, ev.layer
-        for g, sel in groups.items():
-            w = sel.float().unsqueeze(1)  # [b, 1, q]
-            cnt = w.sum(-1)  # [b, 1]
-            for metric, val in (("visual_share", share), ("visual_entropy", ent)):
-                per_head = (val * w).sum(-1) / cnt.clamp_min(1)  # [b, h]
+        for gi, g in enumerate(QUERY_GROUPS):
+            for mi, metric in enumerate(("visual_share", "visual_entropy")):
                 for i in range(b):
-                    if cnt[i, 0] == 0:
+                    if cnt_l[gi][i] == 0:
                         continue
-                    self._add(i, step, layer, None, None, g, metric, float(per_head[i].mean()))
+                    self._add(i, step, layer, None, None, g, metric, mean_l[gi][mi][i])
                     if self.per_head:
-                        for h in range(per_head.shape[1]):
-                            self._add(i, step, layer, h, None, g, metric, float(per_head[i, h]))
+                        for h, v in enumerate(per_head_l[gi][mi][i]):
+                            self._add(i, step, layer, h, None, g, metric, v)
         if self._wants_importance(step, layer):
             imp = vis[:, :, :n_ans].mean(dim=(1, 2))  # [b, n_vis_live]: mean over heads and answer rows
             vis_pos = state.live[:, is_vis]  # original positions
