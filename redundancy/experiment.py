@@ -8,7 +8,6 @@ e.g. schedules that coincide for a task share one run) and written atomically to
 
 from __future__ import annotations
 
-import copy
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -177,9 +176,7 @@ def plan(cfg: Any) -> Plan:
         "probe": c.get("probe"),
         "batch_size": c.get("batch_size", 16),
     }
-    base = copy.deepcopy(ident)  # the same run without any policy
-    base["policy"] = None
-    base["probe"] = c.get("probe")
+    base = {**ident, "policy": None}  # the same run (same probes) without any policy
     return Plan(c, ident, run_id(ident), run_id(base), task, sampler, steps, n)
 
 

@@ -44,6 +44,8 @@ class Prompt:
     grid: tuple[int, int]
     text_index: Tensor | None = None
     meta: dict = field(default_factory=dict)
+    # derived from visual_index on first use; ``replace`` builds a new prompt, which starts empty
+    _is_visual: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
@@ -66,10 +68,12 @@ class Prompt:
         return int(self.answer_index.numel())
 
     def is_visual(self) -> Tensor:
-        """Bool [seq]: True at visual positions."""
-        m = torch.zeros(self.seq_len, dtype=torch.bool, device=self.input_ids.device)
-        m[self.visual_index] = True
-        return m
+        """Bool [seq]: True at visual positions (computed once per prompt; do not modify it)."""
+        if self._is_visual is None:
+            m = torch.zeros(self.seq_len, dtype=torch.bool, device=self.input_ids.device)
+            m[self.visual_index] = True
+            self._is_visual = m
+        return self._is_visual
 
     def select(self, rows: Sequence[int] | Tensor) -> "Prompt":
         """The sub-batch of the given sample rows."""

@@ -52,9 +52,13 @@ RUNS_FIXED: tuple[Column, ...] = RUNS_HEAD + VERSION_COLUMNS + RUNS_TAIL
 
 # ------------------------------------------------------------------------------------------- traces
 
-TRACES: tuple[Column, ...] = (
+# the key columns every per-run table starts with
+_RUN_KEY: tuple[Column, ...] = (
     Column("run_id", STRING, False, "the run (joins runs.run_id)"),
     Column("sample_id", STRING, False, "the sample within the task"),
+)
+
+TRACES: tuple[Column, ...] = _RUN_KEY + (
     Column("step", INT, True, "denoising step, 0-based; NA for per-sample metrics"),
     Column("layer", INT, True, "decoder layer, 0-based; NA for metrics with no layer"),
     Column("head", INT, True, "attention head; NA when reduced over heads"),
@@ -67,9 +71,7 @@ TRACES: tuple[Column, ...] = (
 
 # ----------------------------------------------------------------------------------------- outcomes
 
-OUTCOMES_HEAD: tuple[Column, ...] = (
-    Column("run_id", STRING, False, "the run (joins runs.run_id)"),
-    Column("sample_id", STRING, False, "the sample within the task"),
+OUTCOMES_HEAD: tuple[Column, ...] = _RUN_KEY + (
     Column("answer", STRING, True, "decoded answer text"),
     Column("reference", STRING, True, "reference answer text"),
     Column("qtype", STRING, True, "question type of the sample (e.g. count, colour, describe)"),
