@@ -60,3 +60,13 @@ def _random_toy(decoder: str, family: str, shift: int) -> Callable[..., Adapter]
 
 register_model("random-llama", _random_toy("llama", "from_scratch", 0))
 register_model("random-qwen2", _random_toy("qwen2", "ar_to_diffusion", 1))
+
+
+def _register_real() -> None:
+    from .real.adapter import MODELS, loader
+
+    for name in MODELS:
+        register_model(name, loader(name))
+
+
+_register_real()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ..engine import Engine, PrefixCache
@@ -13,6 +14,8 @@ class EngineSource:
 
     With ``prefix_cache`` the prompt runs once at the first call and later calls run only the
     answer tokens against it. ``tokens_executed`` collects the per-layer counts of every pass.
+    Ids the adapter lists in ``forbidden_ids`` (LLaDA-V's sampler forbids four specials at answer
+    slots) get the lowest finite logit.
     """
 
     def __init__(self, engine: Engine, prompt: Prompt, prefix_cache: bool = False, tag: str = "decode"):
@@ -35,4 +38,7 @@ class EngineSource:
         else:
             out = self.engine.forward(self.prompt, ids, step=step, tag=self.tag)
         self.tokens_executed.append(out.tokens_executed)
+        forbidden = getattr(self.engine.adapter, "forbidden_ids", None)
+        if forbidden:
+            out.logits[..., forbidden] = torch.finfo(out.logits.dtype).min
         return out.logits

@@ -77,7 +77,7 @@ VOCAB: list[str] = sorted(
 )
 
 # patch k (row-major over the 9x9 grid) -> the cell (row-major over 3x3) it lies in
-_PATCH_CELL = np.array(
+PATCH_CELL = np.array(
     [(pr * PATCH_SIZE // CELL_SIZE) * 3 + pc * PATCH_SIZE // CELL_SIZE for pr in range(GRID[0]) for pc in range(GRID[1])],
     dtype=np.int64,
 )
@@ -212,7 +212,7 @@ def cell_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
 def patch_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     """Per-patch (shape_id[81], colour_id[81]) int64 over the row-major 9x9 grid: the labels of each patch's cell."""
     shape_ids, colour_ids = cell_labels(scene)
-    return shape_ids[_PATCH_CELL], colour_ids[_PATCH_CELL]
+    return shape_ids[PATCH_CELL], colour_ids[PATCH_CELL]
 
 
 # -- questions ------------------------------------------------------------------------------------
@@ -402,6 +402,6 @@ def generate_batch(task: str | ShapesTask, split: str, indices: Sequence[int], s
         answers=[s.answer for s in samples],
         cell_shape=cell_shape,
         cell_colour=cell_colour,
-        patch_shape=cell_shape[:, _PATCH_CELL],
-        patch_colour=cell_colour[:, _PATCH_CELL],
+        patch_shape=cell_shape[:, PATCH_CELL],
+        patch_colour=cell_colour[:, PATCH_CELL],
     )

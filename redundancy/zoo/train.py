@@ -28,7 +28,7 @@ from ..engine.attention import build_mask
 from ..models.registry import WEIGHTS_DIR
 from ..models.toy import ToyConfig, ToyDMLLM
 from ..tasks import ANSWER_LENGTH, VOCAB, generate_batch
-from ..tasks.shapes import COLOUR_NAMES, SHAPES
+from ..tasks.shapes import COLOUR_NAMES, N_CELLS, PATCH_CELL, SHAPES
 from .evaluate import evaluate
 
 VISION_DIR = WEIGHTS_DIR / "_vision"
@@ -63,7 +63,9 @@ def train_vision(steps: int = 400, batch: int = 64, seed: int = 0, out: Path = V
     vision = model.vision
     d = model.config.vision_hidden
     heads = torch.nn.ModuleDict({"shape": torch.nn.Linear(d, len(SHAPES) + 1),
-                                 "colour": torch.nn.Linear(d, len(COLOUR_NAMES) + 1)})
+                                 "colour": torch.nn.Linear(d, len(COLOUR_NAMES) + 1),
+                                 "cell": torch.nn.Linear(d, N_CELLS)})
+    cell = torch.as_tensor(PATCH_CELL, dtype=torch.long)
     params = list(vision.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=2e-3, betas=(0.9, 0.98), weight_decay=0.01)
     sched = _schedule(opt, steps, 30)
@@ -74,7 +76,8 @@ def train_vision(steps: int = 400, batch: int = 64, seed: int = 0, out: Path = V
         feats = model.vision_features(model.pixels_from_uint8(b.images))
         ls = F.cross_entropy(heads["shape"](feats).flatten(0, 1), torch.as_tensor(b.patch_shape).flatten())
         lc = F.cross_entropy(heads["colour"](feats).flatten(0, 1), torch.as_tensor(b.patch_colour).flatten())
-        loss = ls + lc
+        lp = F.cross_entropy(heads["cell"](feats).flatten(0, 1), cell.repeat(len(b)))
+        loss = ls + lc + lp
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -86,17 +89,18 @@ def train_vision(steps: int = 400, batch: int = 64, seed: int = 0, out: Path = V
         feats = model.vision_features(model.pixels_from_uint8(b.images))
         acc_s = (heads["shape"](feats).argmax(-1) == torch.as_tensor(b.patch_shape)).float().mean().item()
         acc_c = (heads["colour"](feats).argmax(-1) == torch.as_tensor(b.patch_colour)).float().mean().item()
+        acc_p = (heads["cell"](feats).argmax(-1) == cell).float().mean().item()
     metrics = {"seconds": round(time.time() - t0, 1), "steps": steps, "seed": seed,
-               "patch_shape_acc": acc_s, "patch_colour_acc": acc_c, "git_revision": _git_revision()}
+               "patch_shape_acc": acc_s, "patch_colour_acc": acc_c, "patch_cell_acc": acc_p, "git_revision": _git_revision()}
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in vision.state_dict().items()}, str(out / "vision.safetensors"))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
 
 
-def load_vision(model: ToyDMLLM, path: Path = VISION_DIR) -> None:
+def load_vision(model: ToyDMLLM, path: Path | None = None) -> None:
     """Load the shared tower into ``model`` and freeze it."""
-    f = path / "vision.safetensors"
+    f = Path(path or VISION_DIR) / "vision.safetensors"
     if not f.is_file():
         raise ValueError(f"missing vision tower {f}; run `python -m redundancy.zoo.train vision` first")
     model.vision.load_state_dict(load_file(str(f)))
@@ -145,11 +149,25 @@ def _loss(model: ToyDMLLM, task: str, indices: range, seed: int, objective: str,
     return (ce * weight * loss_mask).sum() / (len(b) * L)
 
 
+#: examples per step of each task type, and the weight of its loss
+MIX = {"shapes_short": (48, 2.0), "shapes_long": (16, 1.0)}
+
+
 def train_lm(
-    model: ToyDMLLM, steps: int, objective: str, seed: int, batch: int = 32, lr: float = 3e-3, desc: str = "",
-    offset: int = 0, log: list | None = None, fixed_batch: bool = False,
+    model: ToyDMLLM, steps: int, objective: str, seed: int, batch: int | None = None, lr: float = 3e-3,
+    desc: str = "", offset: int = 0, log: list | None = None, fixed_batch: bool = False, mix: dict | None = None,
+    on_step=None,
 ) -> float:
-    """Train projector + decoder (vision frozen) on mixed short + long batches; return seconds."""
+    """Train projector + decoder (vision frozen) on mixed short + long batches; return seconds.
+
+    ``mix`` maps each task type to (examples per step, loss weight); by default :data:`MIX`.
+    ``batch`` (if given) replaces every task's count. Step ``s`` reads samples
+    ``[(offset + s) * n_max, ...)`` of each task stream; ``on_step(step, model)`` runs after each step.
+    """
+    mix = MIX if mix is None else mix
+    if batch is not None:
+        mix = {task: (batch, w) for task, (_, w) in mix.items()}
+    stride = max(n for n, _ in mix.values())
     params = [p for n, p in model.named_parameters() if not n.startswith("vision.")]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     sched = _schedule(opt, steps, 50)
@@ -161,10 +179,10 @@ def train_lm(
     t0 = time.time()
     bar = tqdm(range(steps), desc=desc or objective, file=sys.stderr, mininterval=2)
     for step in bar:
-        lo = offset * batch if fixed_batch else (offset + step) * batch
+        lo = offset * stride if fixed_batch else (offset + step) * stride
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = sum(_loss(model, task, range(lo, lo + batch), seed, objective, gen)
-                       for task in ("shapes_short", "shapes_long"))
+            loss = sum(w * _loss(model, task, range(lo, lo + n), seed, objective, gen)
+                       for task, (n, w) in mix.items())
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -173,6 +191,13 @@ def train_lm(
         if log is not None:
             log.append(float(loss))
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if on_step is not None:
+            model.eval()
+            model.set_attn_implementation(impl)
+            on_step(step, model)
+            model.train()
+            model.vision.eval()
+            model.set_attn_implementation("sdpa")
     model.eval()
     model.set_attn_implementation(impl)
     return time.time() - t0

@@ -1,0 +1,267 @@
+"""One adapter class for the five real dMLLMs; a :class:`ModelSpec` holds what differs between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..base import Adapter, ImageLike, Prompt
+from .checkpoint import CheckpointError, Weights, parse_dtype, read_config
+from .lm import load_lm
+from .text import HFTokenizer, load_hf_tokenizer
+from .vision import LlavaVision, QwenVision, VisualTokens
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything model-specific: layout of the weights, vision front end, template and special tokens."""
+
+    name: str
+    repo: str  # the public checkpoint this format comes from
+    layout: str  # llama | olmo | qwen2 (redundancy.models.real.lm)
+    vision: str  # llava | llava-pool | qwen | vq
+    family: str
+    logit_shift: int
+    mask_token: str
+    pad_token: str
+    end_tokens: tuple[str, ...]  # the first ends the answer and pads the slot after it
+    template: str  # with {system}, {image} and {question}
+    system: str = ""
+    image_token: str | None = None  # id written at every visual position (None: pad)
+    forbidden_tokens: tuple[str, ...] = ()  # never proposed at answer slots (LLaDA-V's sampler)
+    ignore_prefixes: tuple[str, ...] = ()  # checkpoint keys the adapter does not read
+    special_ids: dict = field(default_factory=dict)  # fallbacks when the tokenizer lacks a special
+
+
+LLADA_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content that "
+                "the user provides, and assist the user with a variety of tasks using natural language.")
+LLADA_TEMPLATE = ("<|startoftext|><|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>"
+                  "<|start_header_id|>user<|end_header_id|>\n\n{image}\n{question}<|eot_id|>"
+                  "<|start_header_id|>assistant<|end_header_id|>\n\n")
+QWEN_SYSTEM = "You are a helpful assistant."
+DREAM_TEMPLATE = ("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{image}\n{question}<|im_end|>\n"
+                  "<|im_start|>assistant\n")
+DIMPLE_TEMPLATE = ("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<|vision_start|>{image}<|vision_end|>"
+                   "{question}<|im_end|>\n<|im_start|>assistant\n")
+MMADA_TEMPLATE = ("<|mmu|><|soi|>{image}<|eoi|><|start_header_id|>user<|end_header_id|>\n{question}<|eot_id|>"
+                  "<|start_header_id|>assistant<|end_header_id|>\n")
+
+LLADA_ENDS = ("<|eot_id|>", "<|endoftext|>")
+QWEN_ENDS = ("<|im_end|>", "<|endoftext|>")
+
+SPECS: dict[str, ModelSpec] = {
+    "llada-v": ModelSpec(
+        "llada-v", "GSAI-ML/LLaDA-V", "llama", "llava", "from_scratch", 0, "<|mdm_mask|>", "<|endoftext|>",
+        LLADA_ENDS, LLADA_TEMPLATE, LLADA_SYSTEM,
+        forbidden_tokens=("<|endoftext|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>"),
+        ignore_prefixes=("model.vision_tower.vision_tower.vision_model.post_layernorm", "model.vision_tower.vision_tower.vision_model.head",
+                         "model.vision_resampler")),
+    "lavida-llada": ModelSpec(
+        "lavida-llada", "jacklishufan/lavida-llada-v1.0-instruct", "olmo", "llava-pool", "from_scratch", 0,
+        "<|mdm_mask|>", "<|endoftext|>", LLADA_ENDS, LLADA_TEMPLATE, LLADA_SYSTEM,
+        ignore_prefixes=("model.vision_tower.vision_tower.vision_model.post_layernorm", "model.vision_tower.vision_tower.vision_model.head",
+                         "model.vision_resampler")),
+    "lavida-dream": ModelSpec(
+        "lavida-dream", "jacklishufan/lavida-dream-v1.0-instruct", "qwen2", "llava-pool", "ar_to_diffusion", 1,
+        "<|mask|>", "<|endoftext|>", QWEN_ENDS, DREAM_TEMPLATE, QWEN_SYSTEM,
+        ignore_prefixes=("model.vision_tower.vision_tower.vision_model.post_layernorm", "model.vision_tower.vision_tower.vision_model.head",
+                         "model.vision_resampler")),
+    "dimple": ModelSpec(
+        "dimple", "rp-yu/Dimple-7B", "qwen2", "qwen", "ar_to_diffusion", 1, "<|mask|>", "<|endoftext|>",
+        QWEN_ENDS, DIMPLE_TEMPLATE, QWEN_SYSTEM, image_token="<|image_pad|>"),
+    "mmada": ModelSpec(
+        "mmada", "Gen-Verse/MMaDA-8B-MixCoT", "olmo", "vq", "from_scratch", 0, "<|mdm_mask|>", "<|endoftext|>",
+        LLADA_ENDS, MMADA_TEMPLATE),
+}
+MODELS = tuple(SPECS)
+
+
+class RealDMLLM(Adapter):
+    """A real dMLLM re-hosted on transformers modules, loaded from a local checkpoint directory.
+
+    ``build_prompt`` lays out ``[template prefix | visual span | padding | question + suffix | answer]``;
+    padding keys are masked and position ids count valid tokens only, so a padded row computes exactly
+    what it computes alone. Images of one batch must give the same number of visual tokens.
+    """
+
+    def __init__(self, spec: ModelSpec, checkpoint: str | Path, dtype: str | torch.dtype = "float32",
+                 device: str | torch.device = "cpu", system_prompt: str | None = None, vq_model: Any = None,
+                 image_offset: int | None = None):
+        super().__init__()
+        self.spec = spec
+        self.name = spec.name
+        self.family = spec.family
+        self.logit_shift = spec.logit_shift
+        self.checkpoint = Path(checkpoint)
+        dt = parse_dtype(dtype)
+        self.config = read_config(self.checkpoint)
+        w = Weights(self.checkpoint)
+        self.lm, self.head, self.sizes = load_lm(spec.layout, w, self.config, dt)
+        d = self.sizes["hidden"]
+        if spec.vision in ("llava", "llava-pool"):
+            self.vision = LlavaVision(w, self.config, d, dt, pool=spec.vision == "llava-pool")
+        elif spec.vision == "qwen":
+            self.vision = QwenVision(w, self.config, d, dt)
+        else:
+            self.vision = None
+            self.vq_model = vq_model
+            self.image_offset = int(image_offset if image_offset is not None
+                                    else self.config.get("llm_vocab_size", 126464))
+        left = w.unused(spec.ignore_prefixes)
+        if left:
+            raise CheckpointError(f"{self.checkpoint}: weights the {spec.name} adapter does not know: {left[:5]}"
+                                  f"{' ...' if len(left) > 5 else ''}")
+        hf = load_hf_tokenizer(self.checkpoint)
+        ids = {}
+        for tok in {spec.mask_token, spec.pad_token, *spec.end_tokens, *spec.forbidden_tokens,
+                    *([spec.image_token] if spec.image_token else [])}:
+            i = hf.convert_tokens_to_ids(tok)
+            if i is None or (hf.unk_token_id is not None and i == hf.unk_token_id):
+                raise CheckpointError(f"{self.checkpoint}: the tokenizer has no special token {tok!r}")
+            ids[tok] = int(i)
+        mask_id = int(self.config.get("mask_token_id", ids[spec.mask_token]))
+        self.tokenizer = HFTokenizer(hf, mask_id=mask_id, pad_id=ids[spec.pad_token], end_id=ids[spec.end_tokens[0]],
+                                     end_ids=[ids[t] for t in spec.end_tokens], vocab_size=self.sizes["vocab"])
+        self.forbidden_ids = [ids[t] for t in spec.forbidden_tokens]
+        self.system = spec.system if system_prompt is None else system_prompt
+        pre, post = spec.template.split("{image}")
+        self._prefix = pre.format(system=self.system)
+        self._suffix = post
+        self.image_id = ids[spec.image_token] if spec.image_token else self.tokenizer.pad_id
+        self.to(device)
+        self.eval()
+
+    # -- images ---------------------------------------------------------------------------------
+    def visual_tokens(self, image: ImageLike) -> VisualTokens:
+        """One image's visual tokens (MMaDA: a LongTensor of VQ codes, or an image with ``vq_model``)."""
+        if self.vision is not None:
+            return self.vision(image)
+        if isinstance(image, Tensor) and not torch.is_floating_point(image):
+            codes = image.flatten().long().to(self.device)
+        elif self.vq_model is not None:
+            from ..base import load_image
+
+            codes = self.vq_model(load_image(image)).flatten().long().to(self.device)
+        else:
+            raise ValueError("mmada takes precomputed image codes (a LongTensor of VQ codes per image); to encode "
+                             "images, pass vq_model=<callable image -> codes>, e.g. from your MMaDA installation "
+                             "(docs/adapters.md)")
+        side = int(round(codes.numel() ** 0.5))
+        ids = codes + self.image_offset
+        if int(ids.max()) >= self.sizes["vocab"] or int(codes.min()) < 0:
+            raise ValueError(f"image codes must lie in [0, {self.sizes['vocab'] - self.image_offset}); "
+                             f"got [{int(codes.min())}, {int(codes.max())}]")
+        return VisualTokens(self.lm.embed_tokens(ids), (side, ids.numel() // max(side, 1)), token_ids=ids)
+
+    # -- prompt ---------------------------------------------------------------------------------
+    def build_prompt(self, images: Sequence[ImageLike], questions: Sequence[str], answer_length: int) -> Prompt:
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        if answer_length < 1:
+            raise ValueError(f"answer_length must be >= 1, got {answer_length}")
+        tok = self.tokenizer
+        vis = [self.visual_tokens(im) for im in images]
+        n_vis = {v.embeds.shape[0] for v in vis}
+        if len(n_vis) > 1:
+            raise ValueError(f"images of one batch give different numbers of visual tokens {sorted(n_vis)}; "
+                             f"use batch_size=1 or images of one size")
+        n = n_vis.pop()
+        prefix = tok.encode(self._prefix)
+        tails = [tok.encode(self._suffix.format(question=q)) for q in questions]
+        t_max = max(len(t) for t in tails)
+        b, p = len(questions), len(prefix)
+        seq = p + n + t_max + answer_length
+        ids = torch.full((b, seq), tok.pad_id, dtype=torch.long)
+        valid = torch.ones((b, seq), dtype=torch.bool)
+        ids[:, :p] = torch.tensor(prefix, dtype=torch.long)
+        for i, v in enumerate(vis):
+            ids[i, p: p + n] = v.token_ids if v.token_ids is not None else self.image_id
+        for i, t in enumerate(tails):
+            pad = t_max - len(t)
+            valid[i, p + n: p + n + pad] = False
+            ids[i, p + n + pad: p + n + t_max] = torch.tensor(t, dtype=torch.long)
+        ids[:, p + n + t_max:] = tok.mask_id
+        visual_index = torch.arange(p, p + n)
+        text_index = torch.arange(p + n, p + n + t_max)
+        answer_index = torch.arange(p + n + t_max, seq)
+        pos = valid.long().cumsum(1) - 1
+        if vis[0].rope_grid is not None:
+            pos = self._mrope_positions(pos, p, n, vis[0].rope_grid)
+        dev = self.device
+        return Prompt(
+            input_ids=ids.to(dev), visual_embeds=torch.stack([v.embeds for v in vis]).to(dev),
+            visual_index=visual_index.to(dev), answer_index=answer_index.to(dev), key_valid=valid.to(dev),
+            position_ids=pos.to(dev), mask_id=tok.mask_id, grid=vis[0].grid, text_index=text_index.to(dev),
+            meta={"newline": vis[0].newline, "model": self.name},
+        )
+
+    @staticmethod
+    def _mrope_positions(pos: Tensor, start: int, n: int, grid: tuple[int, int]) -> Tensor:
+        """3-D (t, h, w) ids: text tokens share one index; the image grid spans ``max(h, w)`` indices."""
+        gh, gw = grid
+        p3 = pos.unsqueeze(0).repeat(3, 1, 1)
+        r = torch.arange(n) // gw
+        c = torch.arange(n) % gw
+        p3[0, :, start: start + n] = start
+        p3[1, :, start: start + n] = start + r
+        p3[2, :, start: start + n] = start + c
+        after = start + n
+        p3[:, :, after:] = pos[:, after:] - (n - max(gh, gw))
+        return p3
+
+    # -- decoder accessors ----------------------------------------------------------------------
+    def embed_tokens(self, input_ids: Tensor) -> Tensor:
+        return self.lm.embed_tokens(input_ids)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.lm.layers
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.lm.norm
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.head
+
+    def rotary(self, hidden: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        if position_ids.ndim == 2:
+            return self.lm.rotary_emb(hidden, position_ids=position_ids)
+        # M-RoPE: frequency bands taken from the t / h / w ids by ``mrope_section``
+        section = list((self.sizes.get("rope_scaling") or {}).get("mrope_section") or [])
+        cos3, sin3 = zip(*(self.lm.rotary_emb(hidden, position_ids=position_ids[a]) for a in range(3)))
+        half = cos3[0].shape[-1] // 2
+        if sum(section) != half:
+            raise CheckpointError(f"rope_scaling.mrope_section {section} must sum to head_dim/2 = {half}")
+        axis = torch.cat([torch.full((s,), i % 3) for i, s in enumerate(section)])
+        axis = torch.cat([axis, axis]).to(hidden.device)
+        cos = torch.stack(cos3).gather(0, axis.view(1, 1, 1, -1).expand(1, *cos3[0].shape))[0]
+        sin = torch.stack(sin3).gather(0, axis.view(1, 1, 1, -1).expand(1, *sin3[0].shape))[0]
+        return cos, sin
+
+    @property
+    def attn_implementation(self) -> str:
+        return self.lm.config._attn_implementation
+
+    def set_attn_implementation(self, impl: str) -> None:
+        super().set_attn_implementation(impl)
+        self.lm.config._attn_implementation = impl
+
+
+def load_real(name: str, checkpoint: str | Path | None = None, **kwargs) -> RealDMLLM:
+    """Load ``name`` (one of :data:`MODELS`) from a local checkpoint directory."""
+    if name not in SPECS:
+        raise ValueError(f"unknown real model {name!r}; choose one of: {', '.join(MODELS)}")
+    if checkpoint is None:
+        raise ValueError(f"model {name!r} needs a local checkpoint: model.checkpoint=DIR (a download of "
+                         f"{SPECS[name].repo}); no model hub is contacted")
+    return RealDMLLM(SPECS[name], checkpoint, **kwargs)
+
+
+def loader(name: str) -> Callable[..., RealDMLLM]:
+    return lambda checkpoint=None, **kw: load_real(name, checkpoint, **kw)
