@@ -67,3 +67,17 @@ def test_zoo_eval_quick():
     assert f"{model}.shapes_short.exact_match" in res
     assert f"{model}.shapes_long.object_recall" in res
     assert all(0.0 <= v <= 1.0 for v in res.values())
+
+
+def test_gpu_smoke_runs_on_cpu_tiny():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_smoke.py", "--device", "cpu", "--tiny"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = trailing_results([ln for ln in proc.stdout.splitlines() if ln.strip()])
+    assert set(res) == {"gpu_smoke.build_s", "gpu_smoke.forward_s", "gpu_smoke.pruned_generation_s",
+                        "gpu_smoke.tokens_executed_ratio"}
+    # FastV at K=2 of 4 layers keeps 4 of 16 visual tokens: at step 0 layers 2-3 run 48 of 60 tokens;
+    # the 15 later steps drop them at the input (persist_from=input)
+    assert abs(res["gpu_smoke.tokens_executed_ratio"] - (2 * 60 + 2 * 48 + 15 * 4 * 48) / (16 * 4 * 60)) < 1e-3

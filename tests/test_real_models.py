@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import shutil
 
 import numpy as np
@@ -224,3 +225,146 @@ def test_mismatched_config(ckpt, tmp_path):
     (d2 / "config.json").write_text(json.dumps(c2))
     with pytest.raises(CheckpointError, match="block_type='sequential' is not supported"):
         load_model("mmada", checkpoint=str(d2))
+
+
+# -- through the experiment configs -------------------------------------------------------------------
+@pytest.mark.parametrize("name,policy,sampler", [("llada-v", "fastv", "native"), ("lavida-dream", "vtw", "topk_margin"),
+                                                 ("dimple", "skip", "native")])
+def test_hydra_run_with_model_checkpoint(name, policy, sampler, ckpt, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from redundancy.experiment import run
+    from redundancy.results import load_results
+    from test_experiment import CONF
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        c = compose(config_name="config", overrides=[
+            f"results_dir={tmp_path}", "progress=false", "print_answers=false", f"model={name}",
+            f"model.checkpoint={ckpt[name]}", "model.dtype=float32", f"sampler={sampler}", "task=shapes_short",
+            "task.n_samples=2", "batch_size=2", f"policy={policy}", "probe=attention"])
+    table = run(c)
+    assert len(table) == 2 and set(table["qtype"]) <= {"count", "colour", "presence", "position", "shape"}
+    res = load_results(tmp_path / "single")
+    assert res.runs["model.name"].iloc[0] == name and res.runs["label.policy"].iloc[0] == policy
+    shares = res.traces[res.traces["metric"] == "visual_share"]
+    assert len(shares) and shares["value"].between(0, 1).all()
+
+
+def test_native_sampler_takes_the_models_generation_settings(ckpt, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from redundancy.experiment import plan
+    from test_experiment import CONF
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        c = compose(config_name="config", overrides=[f"model=dimple", f"model.checkpoint={ckpt['dimple']}",
+                                                     "sampler=native", "task=shapes_long", "model.dtype=float32"])
+        p = plan(c)
+        assert p.sampler.config.strategy == "threshold" and p.sampler.config.threshold == 0.95
+        c2 = compose(config_name="config", overrides=["model=toy-scratch", "sampler=native"])
+        with pytest.raises(ValueError, match="model.generation.short"):
+            plan(c2)
+
+
+def test_mmada_encodes_images_with_the_users_magvit(ckpt, tmp_path):
+    """The MAGVIT-v2 tokenizer comes from the user's MMaDA clone (here a stand-in with its API)."""
+    repo = tmp_path / "MMaDA"
+    (repo / "models").mkdir(parents=True)
+    (repo / "models" / "__init__.py").write_text(
+        "import torch\n"
+        "class MAGVITv2(torch.nn.Module):\n"
+        "    @classmethod\n"
+        "    def from_pretrained(cls, path):\n"
+        "        m = cls(); m.path = path; return m\n"
+        "    def get_code(self, x):\n"
+        "        assert x.shape == (1, 3, 32, 32) and x.min() >= -1 and x.max() <= 1\n"
+        "        return (x[:, 0, ::8, ::8].flatten(1) * 100).long().abs() % 8192\n")
+    m = load_model("mmada", checkpoint=str(ckpt["mmada"]), mmada_repo=str(repo), vq_model_path="magvit", resolution=32)
+    p = m.build_prompt([image(40, 32)], ["what colour is it ?"], 2)
+    assert p.n_visual == 16 and p.grid == (4, 4)
+    assert (p.input_ids[0, p.visual_index] >= 126464).all()
+    with pytest.raises(ValueError, match="no models/ package"):
+        load_model("mmada", checkpoint=str(ckpt["mmada"]), mmada_repo=str(tmp_path), vq_model_path="x")
+
+
+# -- the parity tool ---------------------------------------------------------------------------------
+FAKE_NATIVE = '''
+import sys, types, torch
+sys.path.insert(0, {tests!r})
+from tinyckpt import reference_logits
+
+
+class _Out:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+class Reference(torch.nn.Module):
+    """Stand-in for the original model: the independent reference forward on the checkpoint."""
+
+    def __init__(self, path, shift_bug=0.0):
+        super().__init__()
+        self.path, self.shift_bug = path, shift_bug
+
+    def _logits(self, ids, emb=None):
+        n = ids.shape[1]
+        if emb is None:
+            return reference_logits(self.path, ids, torch.zeros(1, 0, 1), torch.arange(0), torch.arange(n)[None],
+                                    torch.ones_like(ids, dtype=torch.bool)).float() + self.shift_bug
+        return reference_logits(self.path, ids, emb[:, :0], torch.arange(0), torch.arange(n)[None],
+                                torch.ones(ids.shape, dtype=torch.bool), embeds=emb).float() + self.shift_bug
+'''
+
+
+def _fake_repo(tmp_path, kind, bug=0.0):
+    import os
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    root = tmp_path / f"repo-{kind}"
+    if kind == "mmada":
+        (root / "models").mkdir(parents=True)
+        (root / "models" / "__init__.py").write_text(FAKE_NATIVE.format(tests=tests) + f'''
+class MMadaModelLM(Reference):
+    @classmethod
+    def from_pretrained(cls, path, torch_dtype=None):
+        return cls(path, {bug})
+
+    def forward(self, ids):
+        return _Out(self._logits(ids))
+''')
+    else:  # llada-v: train/llava/model/builder.py
+        pkg = root / "train" / "llava" / "model"
+        pkg.mkdir(parents=True)
+        (root / "train" / "llava" / "__init__.py").write_text("")
+        (pkg / "__init__.py").write_text("")
+        (pkg / "builder.py").write_text(FAKE_NATIVE.format(tests=tests) + f'''
+class LlavaLLaDA(Reference):
+    def __init__(self, path):
+        super().__init__(path, {bug})
+        self.model = lambda inputs_embeds: [self._logits(torch.zeros(inputs_embeds.shape[:2], dtype=torch.long),
+                                                         inputs_embeds)]
+        self.lm_head = lambda h: h
+
+
+def load_pretrained_model(path, base, name, **kw):
+    assert name == "llava_llada"
+    return None, LlavaLLaDA(path), None, 4096
+''')
+    return root
+
+
+@pytest.mark.parametrize("name", ["mmada", "llada-v"])
+def test_verify_tool_against_a_local_reference(name, ckpt, tmp_path, capsys):
+    from redundancy.models import verify
+
+    repo = _fake_repo(tmp_path, name)
+    code = verify.main([name, "--checkpoint", str(ckpt[name]), "--reference-repo", str(repo), "--answer-length", "4",
+                        "--tolerance", "1e-3"])
+    out = capsys.readouterr().out
+    res = json.loads(out[: out.rindex("}") + 1])
+    assert code == 0 and res["max_logit_diff"] < 1e-3 and res["generation_identical"]
+    bad = _fake_repo(tmp_path / "bad", name, bug=0.5)
+    assert verify.main([name, "--checkpoint", str(ckpt[name]), "--reference-repo", str(bad), "--answer-length", "4",
+                        "--tolerance", "1e-3"]) == 1
+    assert verify.main([name, "--checkpoint", str(ckpt[name]), "--reference-repo", str(tmp_path / "nowhere")]) == 2
+    assert "give the root of the model's repository" in capsys.readouterr().err

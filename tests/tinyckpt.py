@@ -221,8 +221,12 @@ def _cos_sin(pos, hd, theta, section=None):
     return ang.cos(), ang.sin()
 
 
-def reference_logits(path: Path, input_ids, visual_embeds, visual_index, positions, key_valid) -> torch.Tensor:
-    """Logits [b, seq, vocab] of the checkpoint's language model, from its raw tensors (float64)."""
+def reference_logits(path: Path, input_ids, visual_embeds, visual_index, positions, key_valid,
+                     embeds=None) -> torch.Tensor:
+    """Logits [b, seq, vocab] of the checkpoint's language model, from its raw tensors (float64).
+
+    ``embeds`` (optional) replaces the token embeddings entirely (a model called with inputs_embeds).
+    """
     cfg = json.loads((Path(path) / "config.json").read_text())
     sd = {k: v.double() for k, v in _state(path).items()}
     olmo = "d_model" in cfg
@@ -235,7 +239,7 @@ def reference_logits(path: Path, input_ids, visual_embeds, visual_index, positio
     hd = d // nh
     section = (cfg.get("rope_scaling") or {}).get("mrope_section")
     emb = sd["model.transformer.wte.weight" if olmo else "model.embed_tokens.weight"]
-    x = emb[input_ids]
+    x = emb[input_ids] if embeds is None else embeds.double().clone()
     if visual_index.numel():
         x[:, visual_index] = visual_embeds.double()
     b, n, _ = x.shape

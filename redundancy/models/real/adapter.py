@@ -90,7 +90,8 @@ class RealDMLLM(Adapter):
 
     def __init__(self, spec: ModelSpec, checkpoint: str | Path, dtype: str | torch.dtype = "float32",
                  device: str | torch.device = "cpu", system_prompt: str | None = None, vq_model: Any = None,
-                 image_offset: int | None = None):
+                 image_offset: int | None = None, mmada_repo: str | None = None, vq_model_path: str | None = None,
+                 resolution: int | None = None):
         super().__init__()
         self.spec = spec
         self.name = spec.name
@@ -108,7 +109,11 @@ class RealDMLLM(Adapter):
             self.vision = QwenVision(w, self.config, d, dt)
         else:
             self.vision = None
-            self.vq_model = vq_model
+            self.vq_model = vq_model if callable(vq_model) or vq_model is None else None
+            if vq_model is not None and self.vq_model is None:
+                raise ValueError(f"vq_model must be callable (image -> codes), got {type(vq_model).__name__}")
+            if mmada_repo is not None or vq_model_path is not None:
+                self.vq_model = MagvitCodes(mmada_repo, vq_model_path, int(resolution or self.config.get("resolution", 512)))
             self.image_offset = int(image_offset if image_offset is not None
                                     else self.config.get("llm_vocab_size", 126464))
         left = w.unused(spec.ignore_prefixes)
@@ -148,8 +153,8 @@ class RealDMLLM(Adapter):
             codes = self.vq_model(load_image(image)).flatten().long().to(self.device)
         else:
             raise ValueError("mmada takes precomputed image codes (a LongTensor of VQ codes per image); to encode "
-                             "images, pass vq_model=<callable image -> codes>, e.g. from your MMaDA installation "
-                             "(docs/adapters.md)")
+                             "images, set options mmada_repo=<your MMaDA clone> and vq_model_path=<MAGVIT-v2 "
+                             "weights>, or pass vq_model=<callable image -> codes> (docs/adapters.md)")
         side = int(round(codes.numel() ** 0.5))
         ids = codes + self.image_offset
         if int(ids.max()) >= self.sizes["vocab"] or int(codes.min()) < 0:
@@ -251,6 +256,48 @@ class RealDMLLM(Adapter):
     def set_attn_implementation(self, impl: str) -> None:
         super().set_attn_implementation(impl)
         self.lm.config._attn_implementation = impl
+
+
+class MagvitCodes:
+    """MMaDA's MAGVIT-v2 image tokenizer, imported from the user's own clone of the MMaDA repository.
+
+    It cannot be rebuilt on transformers modules, so it is loaded only on request: ``mmada_repo`` is
+    put on ``sys.path`` and ``models.MAGVITv2.from_pretrained(vq_model_path)`` is called as in MMaDA's
+    ``inference_mmu.py``. Images are resized (shorter side) and centre-cropped to ``resolution`` and
+    scaled to [-1, 1] before ``get_code``.
+    """
+
+    def __init__(self, repo: str | None, weights: str | None, resolution: int):
+        import importlib
+
+        from .imports import on_path
+
+        if not repo or not weights:
+            raise ValueError("MMaDA image encoding needs both options: mmada_repo=<clone of Gen-Verse/MMaDA> and "
+                             "vq_model_path=<local MAGVIT-v2 weights, e.g. a download of showlab/magvitv2>")
+        if not (Path(repo) / "models").is_dir():
+            raise ValueError(f"mmada_repo {repo!r} has no models/ package; give the root of a Gen-Verse/MMaDA clone")
+        with on_path(repo):
+            try:
+                magvit = importlib.import_module("models").MAGVITv2
+            except (ImportError, AttributeError) as e:
+                raise ValueError(f"cannot import MAGVITv2 from {repo}/models: {e}") from e
+            self.model = magvit.from_pretrained(weights).eval()
+        self.resolution = resolution
+
+    @torch.no_grad()
+    def __call__(self, image) -> Tensor:
+        import numpy as np
+        from PIL import Image
+
+        r = self.resolution
+        w, h = image.size
+        s = r / min(w, h)
+        image = image.resize((max(r, round(w * s)), max(r, round(h * s))), resample=Image.BICUBIC)
+        left, top = (image.width - r) // 2, (image.height - r) // 2
+        image = image.crop((left, top, left + r, top + r))
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        return self.model.get_code(x * 2 - 1).flatten()
 
 
 def load_real(name: str, checkpoint: str | Path | None = None, **kwargs) -> RealDMLLM:
