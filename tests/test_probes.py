@@ -111,3 +111,40 @@ def test_heads_averaged_before_softmax_option(tiny_llama):
     expect = a[0, 0, ans][:, p.visual_index].sum(-1).mean().item()  # every answer slot is masked here
     got = [r for r in probe.rows if r["query_group"] == "masked" and r["metric"] == "visual_share"][0]["value"]
     assert abs(got - expect) < 1e-5
+
+
+def test_probe_under_prefix_cache_equals_prefix_lm_attention(tiny):
+    """Cached answer passes are probed against the cached prompt keys: same as a full prefix-LM pass."""
+    p = tiny.build_prompt(images(2), QUESTIONS[:2], 4)
+    ids = p.input_ids.clone()
+    ids[0, p.answer_index[1]] = tiny.tokenizer.index["red"]
+    probe = VisualAttentionProbe(importance_steps=[3])
+    eng = Engine(tiny, listeners=[probe])
+    cache = eng.prefill(p, ids, step=3)
+    eng.forward(p, ids, step=3, prefix=cache)
+    # reference: eager maps of a full pass in which the prompt cannot attend to the answer
+    caught = []
+    hooks = [layer.self_attn.register_forward_hook(lambda m, a, o: caught.append(o[1].detach())) for layer in tiny.layers]
+    try:
+        emb = tiny.embed(ids, p)
+        mask = build_mask(p.key_valid, emb.dtype)
+        mask[:, :, : p.answer_start, p.answer_start:] = torch.finfo(emb.dtype).min
+        tiny.lm(inputs_embeds=emb, attention_mask=mask, position_ids=p.position_ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    df = pd.DataFrame(probe.rows)
+    assert set(df.query_group) == {"masked", "decoded", "answer"}  # no prompt-text rows: the prompt ran once
+    masked = ids[:, p.answer_index] == p.mask_id
+    vis = p.is_visual()
+    checked = 0
+    for r in df[df.metric == "visual_share"].itertuples():
+        a = caught[r.layer][r.sample][:, p.answer_index]  # [h, L, n]
+        rows = masked[r.sample] if r.query_group == "masked" else ~masked[r.sample]
+        expect = a[:, rows][..., vis].sum(-1).mean().item()
+        assert abs(r.value - expect) < 1e-5
+        checked += 1
+    assert checked == tiny.num_layers * 3  # sample 0: masked + decoded; sample 1: masked only
+    imp = df[(df.metric == "importance") & (df.layer == 1) & (df["sample"] == 0)].sort_values("token")
+    ref = caught[1][0][:, p.answer_index][..., vis].mean(dim=(0, 1))
+    assert torch.allclose(torch.tensor(imp.value.tolist()), ref.float(), atol=1e-5)

@@ -228,7 +228,7 @@ def test_mismatched_config(ckpt, tmp_path):
 
 
 # -- through the experiment configs -------------------------------------------------------------------
-@pytest.mark.parametrize("name,policy,sampler", [("llada-v", "fastv", "native"), ("lavida-dream", "vtw", "topk_margin"),
+@pytest.mark.parametrize("name,policy,sampler", [("llada-v", "fastv", "native"), ("lavida-dream", "vtw", "native"),
                                                  ("dimple", "skip", "native")])
 def test_hydra_run_with_model_checkpoint(name, policy, sampler, ckpt, tmp_path):
     from hydra import compose, initialize_config_dir

@@ -43,13 +43,15 @@ def attention_rows(
     mask: Tensor,
     query_slots: Tensor | None = None,
     average_heads_before_softmax: bool = False,
+    past_keys: Tensor | None = None,
 ) -> Tensor:
     """Attention probabilities [batch, heads, q, n] recomputed from the layer's own projections.
 
     ``normed`` [batch, n, d] is the layer's normed input, (``cos``, ``sin``) [batch, n, head_dim]
     the rotary tables of the live tokens and ``mask`` the layer's additive mask. Only the query rows
     in ``query_slots`` [batch, q] are computed. With ``average_heads_before_softmax`` the scores are
-    averaged over heads first (the study's FastV variant) and one head is returned.
+    averaged over heads first (the study's FastV variant) and one head is returned. ``past_keys``
+    [batch, kv_heads, n_past, head_dim] (rotated) are cached keys placed before the live tokens' keys.
     """
     b, n, _ = normed.shape
     hd = attn_module.head_dim
@@ -66,6 +68,8 @@ def attention_rows(
     k = attn_module.k_proj(normed).view(b, n, -1, hd).transpose(1, 2)
     q = q * cq.unsqueeze(1) + rotate_half(q) * sq.unsqueeze(1)
     k = k * cos.unsqueeze(1) + rotate_half(k) * sin.unsqueeze(1)
+    if past_keys is not None:
+        k = torch.cat([past_keys.to(k.dtype), k], dim=2)
     k = repeat_kv(k, q.shape[1] // k.shape[1])
     scores = torch.matmul(q.float(), k.float().transpose(2, 3)) * attn_module.scaling
     if average_heads_before_softmax:

@@ -246,6 +246,12 @@ class Engine:
                 size = torch.cat([prefix.size[i], torch.ones(state.live.shape, device=ans.device)], 1)
             kpos = torch.cat([flat_pos.gather(1, live), qpos], 1)
             mask = build_mask(kv, hidden.dtype, qpos, kpos, self.causal, size)
+            want = [o for o in observers if o.wants_attention(ctx, i)]
+            if want:
+                ev = AttentionEvent(i, ad.input_norm(i)(hidden), cos, sin, mask, state, ad.attention_module(i),
+                                    past_keys=prefix.keys[i], key_live=torch.cat([live, state.live], 1))
+                for o in want:
+                    o.on_attention(ctx, ev)
             hidden = ad.call_layer(i, hidden, (cos, sin), mask, cache=cache)
             for o in observers:
                 o.on_layer_end(ctx, i, hidden, state)

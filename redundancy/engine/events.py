@@ -48,7 +48,9 @@ class AttentionEvent:
 
     ``normed`` [batch, n_live, d] is the layer's normed input; ``cos``/``sin`` [batch, n_live, hd]
     the rotary tables at the original positions; ``mask`` [batch, 1, n_q, n_k] the additive mask;
-    ``state`` the live tokens (for a cached pass the query tokens; keys are ``key_live``).
+    ``state`` the live tokens. In a cached pass (prefix cache) ``state`` holds the query tokens (the
+    answer slots), ``past_keys`` the cached prompt keys with RoPE applied and ``key_live`` the
+    original positions of all keys (cached prompt, then the queries).
     """
 
     layer: int
@@ -58,10 +60,16 @@ class AttentionEvent:
     mask: Tensor
     state: TokenState
     attn_module: Any
+    past_keys: Tensor | None = None
+    key_live: Tensor | None = None
     _memo: dict = field(default_factory=dict, repr=False)
 
+    def keys_live(self) -> Tensor:
+        """Original positions [batch, n_keys] of the keys the rows are over."""
+        return self.state.live if self.key_live is None else self.key_live
+
     def rows(self, query_slots: Tensor | None = None, average_heads_before_softmax: bool = False) -> Tensor:
-        """Attention probabilities [batch, heads, q, n_live] for the given live query slots (all if None).
+        """Attention probabilities [batch, heads, q, n_keys] for the given live query slots (all if None).
 
         Results are memoised per event so several listeners share one recomputation.
         """
@@ -71,7 +79,7 @@ class AttentionEvent:
             with torch.no_grad():
                 self._memo[key] = attention_rows(
                     self.attn_module, self.normed, self.cos, self.sin, self.mask, query_slots,
-                    average_heads_before_softmax,
+                    average_heads_before_softmax, past_keys=self.past_keys,
                 )
         return self._memo[key]
 

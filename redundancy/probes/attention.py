@@ -9,7 +9,8 @@ already committed) and ``text`` (prompt positions that are neither visual nor an
   receives from answer rows, at the steps and layers asked for.
 
 Only the needed query rows are recomputed from the layer's own q/k projections and rotary tables
-(no eager attention, no n x n map kept across steps); heads are averaged after the softmax, or
+(no eager attention, no n x n map kept across steps). Under the prefix cache the answer passes are
+probed against the cached prompt keys (the ``text`` group is then absent: the prompt ran once); heads are averaged after the softmax, or
 before it with ``average_heads_before_softmax`` (the study's FastV variant; ``head`` is then 0).
 """
 
@@ -43,7 +44,7 @@ class VisualAttentionProbe(Listener):
         self.rows: list[dict] = []
 
     def wants_attention(self, ctx: ForwardContext, layer: int) -> bool:
-        return ctx.is_decode and ctx.phase == "full" and (self.layers is None or layer in self.layers)
+        return ctx.is_decode and ctx.phase in ("full", "cached") and (self.layers is None or layer in self.layers)
 
     def _wants_importance(self, step: int, layer: int) -> bool:
         s = self.importance_steps is None or step in self.importance_steps
@@ -53,10 +54,11 @@ class VisualAttentionProbe(Listener):
     @torch.no_grad()
     def on_attention(self, ctx: ForwardContext, ev: AttentionEvent) -> None:
         prompt, state = ctx.prompt, ev.state
-        is_vis = state.visual_slots(prompt.is_visual())[0]  # same layout for every row
+        keys = ev.keys_live()  # == state.live, except in a cached pass (cached prompt keys first)
+        is_vis = prompt.is_visual().to(keys.device)[keys[0]]  # over keys; same layout for every row
         ans_pos = prompt.answer_index
         ans_slots = state.slots_of(ans_pos)[0]
-        text_mask = ~is_vis
+        text_mask = ~state.visual_slots(prompt.is_visual())[0]  # over queries
         text_mask[ans_slots] = False
         text_slots = text_mask.nonzero().squeeze(1)
         query = torch.cat([ans_slots, text_slots])
@@ -92,7 +94,7 @@ class VisualAttentionProbe(Listener):
                             self._add(i, step, layer, h, None, g, metric, v)
         if self._wants_importance(step, layer):
             imp = vis[:, :, :n_ans].mean(dim=(1, 2))  # [b, n_vis_live]: mean over heads and answer rows
-            vis_pos = state.live[:, is_vis]  # original positions
+            vis_pos = keys[:, is_vis]  # original positions
             span = prompt.visual_index
             for i in range(b):
                 tok = torch.searchsorted(span, vis_pos[i])
