@@ -171,3 +171,20 @@ def test_config_schema_matches_the_policy_configs():
 
     assert [f.name for f in fields(PruneConf)] == [f.name for f in fields(PruneConfig)]
     assert [f.name for f in fields(SkipConf)] == [f.name for f in fields(SkipConfig)]
+
+
+def test_command_line_model_replaces_the_sweeps_model_list():
+    """``+sweep=pruning model=llada-v model.checkpoint=DIR`` sweeps the given model, not the zoo's."""
+    from types import SimpleNamespace
+
+    from hydra_plugins.redundancy_union_sweeper.union_sweeper import UnionSweeper
+
+    s = UnionSweeper(params={"model.name": "toy-scratch,toy-ar2diff", "task": "shapes_short,shapes_long"},
+                     grids=[{"policy": "none,blind"}, {"model": "toy-ar"}, {"policy": "fastv", "policy.prune.ratio": "0.5,0.25"}])
+    s.hydra_context = SimpleNamespace(config_loader=None)
+    jobs = s.jobs(["+sweep=pruning", "model=llada-v", "model.checkpoint=/ckpt"])
+    assert not any(o.startswith("model.name=") or o == "model=toy-ar" for j in jobs for o in j)
+    assert all("model=llada-v" in j and "model.checkpoint=/ckpt" in j for j in jobs)
+    assert len(jobs) == 2 * 2 + 2 + 2 * 2  # the toy-ar grid collapses onto the plain (task) grid
+    zoo = s.jobs(["+sweep=pruning"])
+    assert len(zoo) == 2 * 2 * 2 + 2 * 2 + 2 * 2 * 2 and any("model.name=toy-ar2diff" in j for j in zoo)

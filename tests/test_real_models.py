@@ -368,3 +368,22 @@ def test_verify_tool_against_a_local_reference(name, ckpt, tmp_path, capsys):
                         "--tolerance", "1e-3"]) == 1
     assert verify.main([name, "--checkpoint", str(ckpt[name]), "--reference-repo", str(tmp_path / "nowhere")]) == 2
     assert "give the root of the model's repository" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_sweep_accepts_a_real_model(ckpt, tmp_path):
+    """``+sweep=smoke model=llada-v model.checkpoint=DIR``: every sweep point runs on the real model."""
+    import os
+    import subprocess
+
+    from redundancy.results import load_results
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "+sweep=smoke", "model=llada-v", f"model.checkpoint={ckpt['llada-v']}",
+         "model.dtype=float32", f"results_dir={tmp_path}", "hydra.sweep.dir=" + str(tmp_path / "multirun")],
+        cwd=repo, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = load_results(tmp_path / "smoke")
+    assert len(res.runs) == 16 and set(res.runs["model.name"]) == {"llada-v"}
+    assert set(res.outcomes["run_id"]) == set(res.runs.index if res.runs.index.name == "run_id" else res.runs["run_id"])

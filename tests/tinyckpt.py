@@ -24,7 +24,7 @@ QWEN_SPECIAL = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 1
 WORDS = ("system user assistant you are a helpful language and vision assistant . able to understand the visual "
          "content that provides , assist with variety of tasks using natural what colour is it red blue yes no "
          "describe image ?").split()
-D, LAYERS, HEADS, INTER = 32, 2, 4, 64
+D, LAYERS, HEADS, INTER = 32, 3, 4, 64
 
 
 def write_tokenizer(path: Path, vocab_size: int, special: dict[str, int]) -> None:

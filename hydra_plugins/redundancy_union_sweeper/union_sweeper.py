@@ -3,7 +3,9 @@
 Hydra's basic sweeper expands one cartesian product; a study needs several (a pruning grid plus its
 baselines, or every grid a set of figures needs). Each entry of ``grids`` is a mapping of
 override -> comma-separated values, expanded like the basic sweeper; ``params`` apply to every
-grid; identical jobs are launched once, in order of first appearance.
+grid; identical jobs are launched once, in order of first appearance. A command-line override
+replaces the sweep's values of its key and of every key below it: ``model=llada-v`` drops the
+sweep's ``model.name`` list, so any sweep runs on the model given on the command line.
 """
 
 from __future__ import annotations
@@ -43,9 +45,15 @@ class UnionSweeper(BasicSweeper):
     def jobs(self, arguments: List[str]) -> List[List[str]]:
         """Every job's overrides, deduplicated, in order."""
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        given = [o.get_key_element().lstrip("+~") for o in parser.parse_overrides(list(arguments))]
+
+        def shadowed(key: str) -> bool:
+            key = key.lstrip("+~")
+            return any(key == g or key.startswith(g + ".") for g in given)
+
         seen, out = set(), []
         for grid in self.grids:
-            merged = {**(self.params or {}), **grid}
+            merged = {k: v for k, v in {**(self.params or {}), **grid}.items() if not shadowed(k)}
             conf = [f"{k}={v}" for k, v in merged.items()] + list(arguments)
             for job in self.split_arguments(parser.parse_overrides(conf), None)[0]:
                 key = tuple(job)
