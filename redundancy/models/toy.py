@@ -52,6 +52,7 @@ class ToyConfig:
     intermediate: int = 256
     question_len: int = 10
     rope_theta: float = 10000.0
+    visual_positions: bool = False  # a learned embedding per visual position, added after the projector
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
@@ -101,6 +102,8 @@ class ToyDMLLM(Adapter):
         self.projector = nn.Sequential(
             nn.Linear(config.vision_hidden, config.hidden), nn.GELU(), nn.Linear(config.hidden, config.hidden)
         )
+        n_vis = config.grid[0] * config.grid[1]
+        self.visual_pos = nn.Parameter(torch.zeros(n_vis, config.hidden)) if config.visual_positions else None
         common = dict(
             vocab_size=self.tokenizer.vocab_size,
             hidden_size=config.hidden,
@@ -149,7 +152,12 @@ class ToyDMLLM(Adapter):
 
     def encode_images(self, pixels: Tensor) -> Tensor:
         """Projected visual tokens [batch, n_visual, hidden]."""
-        return self.projector(self.vision_features(pixels))
+        return self.project(self.vision_features(pixels))
+
+    def project(self, features: Tensor) -> Tensor:
+        """Vision features to the decoder's width (plus the learned position table, if any)."""
+        out = self.projector(features)
+        return out if self.visual_pos is None else out + self.visual_pos
 
     # -- prompt ---------------------------------------------------------------------------------
     def layout(self, answer_length: int) -> dict[str, Tensor]:

@@ -125,7 +125,7 @@ def _loss(model: ToyDMLLM, task: str, indices: range, seed: int, objective: str,
     b = generate_batch(task, "train", indices, seed=seed)
     with torch.no_grad():
         vis = model.vision_features(model.pixels_from_uint8(b.images))
-    prompt = model.build_prompt([None] * len(b), b.questions, L, visual_embeds=model.projector(vis))
+    prompt = model.build_prompt([None] * len(b), b.questions, L, visual_embeds=model.project(vis))
     target = _answer_ids(model, b.answers, L)
     ids = prompt.input_ids.clone()
     ans = prompt.answer_index
