@@ -257,7 +257,7 @@ def test_native_sampler_takes_the_models_generation_settings(ckpt, tmp_path):
     from test_experiment import CONF
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        c = compose(config_name="config", overrides=[f"model=dimple", f"model.checkpoint={ckpt['dimple']}",
+        c = compose(config_name="config", overrides=["model=dimple", f"model.checkpoint={ckpt['dimple']}",
                                                      "sampler=native", "task=shapes_long", "model.dtype=float32"])
         p = plan(c)
         assert p.sampler.config.strategy == "threshold" and p.sampler.config.threshold == 0.95

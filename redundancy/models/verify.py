@@ -129,7 +129,8 @@ class NativeSource:
         return out
 
 
-def default_image(size: int = 64) -> "Image.Image":
+def default_image(size: int = 64):
+    """A fixed random RGB image (the same for adapter and original)."""
     from PIL import Image
 
     g = np.random.RandomState(0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,7 +34,6 @@ class ModelSpec:
     image_token: str | None = None  # id written at every visual position (None: pad)
     forbidden_tokens: tuple[str, ...] = ()  # never proposed at answer slots (LLaDA-V's sampler)
     ignore_prefixes: tuple[str, ...] = ()  # checkpoint keys the adapter does not read
-    special_ids: dict = field(default_factory=dict)  # fallbacks when the tokenizer lacks a special
 
 
 LLADA_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content that "

@@ -41,13 +41,6 @@ class HFTokenizer:
         self.special_ids = frozenset(int(i) for i in (*special_ids, mask_id, pad_id, *self.end_ids))
         self.vocab_size = int(vocab_size if vocab_size is not None else len(tok))
 
-    def token_id(self, token: str) -> int:
-        """The id of one special token string; raises naming it when the tokenizer lacks it."""
-        i = self.tok.convert_tokens_to_ids(token)
-        if i is None or (self.tok.unk_token_id is not None and i == self.tok.unk_token_id and token != self.tok.unk_token):
-            raise CheckpointError(f"the tokenizer has no token {token!r}")
-        return int(i)
-
     def encode(self, text: str) -> list[int]:
         return list(self.tok.encode(text, add_special_tokens=False))
 
