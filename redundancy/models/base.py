@@ -226,3 +226,37 @@ class Adapter(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+class TransformersDecoder(Adapter):
+    """An adapter whose decoder is a transformers ``LlamaModel`` / ``Qwen2Model`` at ``self.lm`` and
+    whose head is ``self.head``: the zoo models and the re-hosted real models."""
+
+    lm: nn.Module
+    head: nn.Module
+
+    def embed_tokens(self, input_ids: Tensor) -> Tensor:
+        return self.lm.embed_tokens(input_ids)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.lm.layers
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.lm.norm
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.head
+
+    def rotary(self, hidden: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        return self.lm.rotary_emb(hidden, position_ids=position_ids)
+
+    @property
+    def attn_implementation(self) -> str:
+        return self.lm.config._attn_implementation
+
+    def set_attn_implementation(self, impl: str) -> None:
+        super().set_attn_implementation(impl)
+        self.lm.config._attn_implementation = impl

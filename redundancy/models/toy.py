@@ -25,7 +25,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from .base import FAMILIES, Adapter, ImageLike, Prompt, load_image
+from .base import FAMILIES, ImageLike, Prompt, TransformersDecoder, load_image
 from .tokenizer import WordTokenizer
 
 DECODERS = ("llama", "qwen2")
@@ -78,7 +78,7 @@ class ToyConfig:
         return cls(**d)
 
 
-class ToyDMLLM(Adapter):
+class ToyDMLLM(TransformersDecoder):
     """A small dMLLM built from transformers modules; it is its own adapter."""
 
     def __init__(self, config: ToyConfig, name: str = "toy"):
@@ -222,32 +222,6 @@ class ToyDMLLM(Adapter):
             text_index=lay["text"].to(dev),
         )
 
-    # -- decoder accessors ----------------------------------------------------------------------
-    def embed_tokens(self, input_ids: Tensor) -> Tensor:
-        return self.lm.embed_tokens(input_ids)
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.lm.layers
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.lm.norm
-
-    @property
-    def lm_head(self) -> nn.Module:
-        return self.head
-
-    def rotary(self, hidden: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
-        return self.lm.rotary_emb(hidden, position_ids=position_ids)
-
-    @property
-    def attn_implementation(self) -> str:
-        return self.lm.config._attn_implementation
-
-    def set_attn_implementation(self, impl: str) -> None:
-        super().set_attn_implementation(impl)
-        self.lm.config._attn_implementation = impl
 
     # -- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, metrics: dict | None = None) -> None:

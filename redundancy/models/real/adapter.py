@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..base import Adapter, ImageLike, Prompt
+from ..base import ImageLike, Prompt, TransformersDecoder
 from .checkpoint import CheckpointError, Weights, parse_dtype, read_config
 from .lm import load_lm
 from .text import HFTokenizer, load_hf_tokenizer
@@ -79,7 +79,7 @@ SPECS: dict[str, ModelSpec] = {
 MODELS = tuple(SPECS)
 
 
-class RealDMLLM(Adapter):
+class RealDMLLM(TransformersDecoder):
     """A real dMLLM re-hosted on transformers modules, loaded from a local checkpoint directory.
 
     ``build_prompt`` lays out ``[template prefix | visual span | padding | question + suffix | answer]``;
@@ -217,25 +217,9 @@ class RealDMLLM(Adapter):
         p3[:, :, after:] = pos[:, after:] - (n - max(gh, gw))
         return p3
 
-    # -- decoder accessors ----------------------------------------------------------------------
-    def embed_tokens(self, input_ids: Tensor) -> Tensor:
-        return self.lm.embed_tokens(input_ids)
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.lm.layers
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.lm.norm
-
-    @property
-    def lm_head(self) -> nn.Module:
-        return self.head
-
     def rotary(self, hidden: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         if position_ids.ndim == 2:
-            return self.lm.rotary_emb(hidden, position_ids=position_ids)
+            return super().rotary(hidden, position_ids)
         # M-RoPE: frequency bands taken from the t / h / w ids by ``mrope_section``
         section = list((self.sizes.get("rope_scaling") or {}).get("mrope_section") or [])
         cos3, sin3 = zip(*(self.lm.rotary_emb(hidden, position_ids=position_ids[a]) for a in range(3)))
@@ -247,14 +231,6 @@ class RealDMLLM(Adapter):
         cos = torch.stack(cos3).gather(0, axis.view(1, 1, 1, -1).expand(1, *cos3[0].shape))[0]
         sin = torch.stack(sin3).gather(0, axis.view(1, 1, 1, -1).expand(1, *sin3[0].shape))[0]
         return cos, sin
-
-    @property
-    def attn_implementation(self) -> str:
-        return self.lm.config._attn_implementation
-
-    def set_attn_implementation(self, impl: str) -> None:
-        super().set_attn_implementation(impl)
-        self.lm.config._attn_implementation = impl
 
 
 class MagvitCodes:
