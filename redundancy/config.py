@@ -15,6 +15,9 @@ class ModelConf:
     device: str = "cpu"
     dtype: str = "float32"
     attn_implementation: str = "eager"
+    options: Dict[str, Any] = field(default_factory=dict)  # adapter keyword arguments (system_prompt, ...)
+    # the model's own sampler settings per answer type (short, long, ...): used by sampler=native
+    generation: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -23,11 +26,14 @@ class TaskConf:
     split: str = "test"
     n_samples: Optional[int] = None  # None: the ``samples[size]`` preset
     headline: str = "exact_match"  # the metric summaries report as accuracy
+    kind: str = "shapes"  # shapes: the synthetic benchmark in-process; lmms: an lmms-eval task (docs/lmms.md)
+    include_path: Optional[str] = None  # lmms: folder of task YAMLs (default: exported shapes tasks)
+    answer_type: Optional[str] = None  # key into model.generation (None: short / long from the task name)
 
 
 @dataclass
 class SamplerConf:
-    kind: str = "diffusion"
+    kind: str = "diffusion"  # diffusion | autoregressive | native (model.generation for the task)
     strategy: str = "low_confidence"
     steps: Optional[int] = None
     tokens_per_step: int = 2

@@ -23,6 +23,7 @@ from .engine import Listener
 from .generate import generate_from_prompt
 from .models import load_model
 from .models.base import Adapter, Prompt
+from .models.real import MODELS as REAL_MODELS
 from .policies import SCORERS, make_policy
 from .policies.pruning import PruneConfig, PruningPolicy
 from .policies.skip import LayerSkipPolicy, SkipConfig
@@ -33,6 +34,8 @@ from .results.summary import write_summary
 from .sampling import make_sampler
 from .tasks import ShapesTask, generate_batch
 
+#: task.kind: the in-process synthetic benchmark, or any lmms-eval task (the eval extra)
+TASK_KINDS: tuple[str, ...] = ("shapes", "lmms")
 _SWEEP: dict[str, Any] = {"bar": None}
 _MODELS: dict[tuple, Adapter] = {}
 _PROMPTS: dict[tuple, Prompt] = {}
@@ -62,12 +65,14 @@ def get_model(mc: Mapping[str, Any]) -> Adapter:
     """The model of a config, loaded once per process."""
     key = (mc["name"], mc.get("checkpoint"), mc.get("device", "cpu"), mc.get("dtype", "float32"))
     if key not in _MODELS:
-        kwargs = {}
+        kwargs = dict(mc.get("options") or {})
         if mc.get("checkpoint"):
             path = Path(mc["checkpoint"])
             if not path.is_dir():
                 raise ValueError(f"model.checkpoint {str(path)!r} is not a directory")
             kwargs["checkpoint"] = str(path)
+        if mc["name"] in REAL_MODELS:  # load straight into the target dtype and device
+            kwargs.update(dtype=mc.get("dtype", "float32"), device=mc.get("device", "cpu"))
         model = load_model(mc["name"], **kwargs)
         dtype = getattr(torch, mc.get("dtype", "float32"), None)
         if not isinstance(dtype, torch.dtype):
@@ -76,6 +81,37 @@ def get_model(mc: Mapping[str, Any]) -> Adapter:
         model.set_attn_implementation(mc.get("attn_implementation", "eager"))
         _MODELS[key] = model
     return _MODELS[key]
+
+
+def native_sampler(c: Mapping[str, Any], answer_length: int | None = None) -> dict:
+    """``sampler.kind=native``: the model's own generation settings for the task's answer type.
+
+    ``model.generation`` maps an answer type (``short``, ``long``, ...) to sampler fields; the task's
+    ``answer_type`` picks one (the shapes tasks: short / long). A task with its own answer length
+    (``answer_length``) keeps it, and ``steps`` / ``block_length`` are scaled to keep the model's
+    tokens per step and number of blocks.
+    """
+    gen = c["model"].get("generation") or {}
+    kind = c["task"].get("answer_type") or ("long" if c["task"]["name"].endswith("_long") else "short")
+    if kind not in gen:
+        raise ValueError(f"sampler.kind=native needs model.generation.{kind} for model {c['model']['name']!r}; "
+                         f"it has: {', '.join(gen) or 'none'}")
+    base = {k: v for k, v in c["sampler"].items() if k != "kind"}
+    native = {k: v for k, v in gen[kind].items() if k != "answer_length"}
+    length = gen[kind].get("answer_length")
+    if answer_length is not None and length and length != answer_length:
+        if native.get("steps"):
+            native["steps"] = max(1, -(-native["steps"] * answer_length // length))
+        if native.get("block_length"):
+            blocks = max(1, length // native["block_length"])
+            native["block_length"] = answer_length // blocks if answer_length % blocks == 0 else answer_length
+            if native.get("steps") and native["steps"] % (answer_length // native["block_length"]):
+                native["steps"] = answer_length // native["block_length"] * max(
+                    1, native["steps"] // (answer_length // native["block_length"]))
+    unknown = sorted(set(native) - set(base) - {"kind"})
+    if unknown:
+        raise ValueError(f"model.generation.{kind} has unknown sampler field(s) {unknown}; valid: {sorted(base)}")
+    return {"kind": "diffusion", **base, **native}
 
 
 def n_samples(c: Mapping[str, Any]) -> int:
@@ -147,14 +183,21 @@ class Plan:
 
 
 def plan(cfg: Any) -> Plan:
-    """Validate a config and derive its identity (raises ValueError naming any bad value)."""
+    """Validate a config and derive its identity (raises ValueError naming any bad value).
+
+    An lmms-eval task (``task.kind: lmms``) gets a :class:`redundancy.lmms.hydra_task.LmmsPlan`.
+    """
     c = to_plain(cfg)
+    if _task_kind(c) == "lmms":
+        from .lmms.hydra_task import plan_lmms
+
+        return plan_lmms(c)
     n = n_samples(c)
     task = ShapesTask(c["task"]["name"], split=c["task"].get("split", "test"), n=n)
     headline = c["task"].get("headline")
     if headline and headline not in task.metrics:
         raise ValueError(f"task.headline {headline!r} is not a metric of {task.name}; choose one of: {', '.join(task.metrics)}")
-    sc = dict(c["sampler"])
+    sc = native_sampler(c, task.answer_length) if c["sampler"].get("kind") == "native" else dict(c["sampler"])
     kind = sc.pop("kind", "diffusion")
     if kind == "autoregressive":
         sc = {}
@@ -206,8 +249,94 @@ def get_prompt(model: Adapter, mc: Mapping, task: ShapesTask, indices: range) ->
     return _PROMPTS[key]
 
 
+def probe_listeners(model: Adapter, probe_cfg: Mapping[str, Any]) -> list[Listener]:
+    """The observers a probe config asks for beyond cost (visual attention, answer signals)."""
+    listeners: list[Listener] = []
+    if probe_cfg.get("attention"):
+        listeners.append(VisualAttentionProbe(per_head=probe_cfg.get("attention_per_head", False),
+                                              importance_steps=probe_cfg.get("importance_steps", []),
+                                              importance_layers=probe_cfg.get("importance_layers")))
+    if probe_cfg.get("signals") or probe_cfg.get("answer_logit_layers"):
+        tok = model.tokenizer
+        listeners.append(AnswerSignalProbe(logit_layers=probe_cfg.get("answer_logit_layers") or [],
+                                           logit_steps=None, end_ids=[tok.end_id, tok.pad_id]))
+    return listeners
+
+
+@dataclass
+class BatchResult:
+    """One decoded batch: the generation, its tidy trace rows and per-sample cost counters."""
+
+    generation: Any  # redundancy.generate.Generation
+    traces: list[dict]  # rows with sample_id (per-batch rows carry the batch id)
+    seconds: float  # wall-clock of the decode, whole batch
+    cost: CostProbe
+    n_visual: list | None  # visual tokens alive at the end, per sample (None: not observed)
+    baseline: Any  # the unpruned baseline's trajectory when the run has a policy, else None
+    has_policy: bool
+
+
+def decode_batch(model: Adapter, prompt: Prompt, sampler: Any, c: Mapping[str, Any], ids: list[str],
+                 batch_id: str, full_prompt: Prompt | None = None, blind: bool = False) -> BatchResult:
+    """Decode one batch with the config's policy (``c["policy"]``) and probes (``c["probe"]``).
+
+    ``prompt`` is what the model sees (already without visual tokens for the blind baseline);
+    ``full_prompt`` the unmodified prompt the unpruned baseline decodes (default: ``prompt``);
+    ``ids`` name the samples of the batch rows and ``batch_id`` the rows that are per batch.
+    """
+    probe_cfg = c.get("probe") or {}
+    modes = probe_cfg.get("information_loss") or []
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown information_loss mode(s) {bad}; choose from: {', '.join(MODES)}")
+    policy = build_policy(c["policy"])
+    cost = CostProbe()
+    kept = _Kept()
+    extra = probe_listeners(model, probe_cfg)
+    listeners: list = [cost, kept, *extra]
+    has_policy = policy is not None or blind
+    keep_logits = bool(modes) and has_policy
+    t0 = time.perf_counter()
+    gen = generate_from_prompt(model, prompt, sampler, policy=policy, listeners=listeners, keep_logits=keep_logits)
+    seconds = time.perf_counter() - t0
+    baseline = BASELINES.get(model, full_prompt or prompt, ids, sampler) if has_policy else None
+    traces: list[dict] = []
+    for lst in extra:
+        traces += _rows(lst.rows, ids, batch_id)
+    traces += _rows(cost.rows, ids, batch_id)
+    if keep_logits:
+        if "free" in modes:
+            lp = [torch.log_softmax(r.logits.float(), -1) for r in gen.trajectory.steps]
+            traces += _rows(compare(baseline, lp, "free", gen.trajectory.tokens), ids, None)
+        if "forced" in modes:
+            traces += _rows(compare(baseline, forced(model, prompt, sampler, build_policy(c["policy"]), baseline),
+                                    "forced"), ids, None)
+    for step in probe_cfg.get("oracle_steps") or []:
+        if step < len(gen.trajectory.steps):
+            x = gen.trajectory.steps[step].x_before
+            full_ids = prompt.input_ids.clone()
+            full_ids[:, prompt.answer_index] = x
+            orac = drop_one_oracle(model, prompt, full_ids)
+            for i in range(orac.shape[0]):
+                for t, v in enumerate(orac[i].tolist()):
+                    traces.append(dict(sample_id=ids[i], step=step, layer=None, head=None, token=t,
+                                       query_group="visual", mode=None, metric="drop_one_kl", value=v))
+    return BatchResult(gen, traces, seconds, cost, kept.n_visual, baseline, has_policy)
+
+
+def _task_kind(c: Mapping[str, Any]) -> str:
+    kind = c["task"].get("kind", "shapes")
+    if kind not in TASK_KINDS:
+        raise ValueError(f"unknown task.kind {kind!r}; choose one of: {', '.join(TASK_KINDS)}")
+    return kind
+
+
 def run(cfg: Any, store: ResultStore | None = None) -> pd.DataFrame:
     """Run one config (or reuse its finished tables) and return its outcome table."""
+    if _task_kind(to_plain(cfg)) == "lmms":  # an lmms-eval task: redundancy/lmms/hydra_task.py
+        from .lmms.hydra_task import run_lmms
+
+        return run_lmms(cfg, store)
     p = plan(cfg)
     c = p.config
     root = Path(c.get("results_dir", "results")) / c.get("study", "single")
@@ -217,74 +346,30 @@ def run(cfg: Any, store: ResultStore | None = None) -> pd.DataFrame:
         _finish(c, table, p, reused=True)
         return table
     model = get_model(c["model"])
-    probe_cfg = c.get("probe") or {}
     bs = int(c.get("batch_size", 16))
+    blind = p.identity["policy"] == {"blind": True}
     traces, outcomes = [], []
     batches = [range(lo, min(p.n, lo + bs)) for lo in range(0, p.n, bs)]
     bar = tqdm(batches, desc=f"{c['policy'].get('name', 'run')}", leave=False, disable=not c.get("progress", True),
                file=sys.stderr)
     for idx in bar:
-        prompt, samples = get_prompt(model, c["model"], p.task, idx)
-        if p.identity["policy"] == {"blind": True}:
-            prompt = prompt.without_visual()
+        full, samples = get_prompt(model, c["model"], p.task, idx)
         ids = [s.sample_id for s in samples]
-        policy = build_policy(c["policy"])
-        cost = CostProbe()
-        kept = _Kept()
-        listeners: list = [cost, kept]
-        if probe_cfg.get("attention"):
-            listeners.append(VisualAttentionProbe(per_head=probe_cfg.get("attention_per_head", False),
-                                                  importance_steps=probe_cfg.get("importance_steps", []),
-                                                  importance_layers=probe_cfg.get("importance_layers")))
-        if probe_cfg.get("signals") or probe_cfg.get("answer_logit_layers"):
-            tok = model.tokenizer
-            listeners.append(AnswerSignalProbe(logit_layers=probe_cfg.get("answer_logit_layers") or [],
-                                               logit_steps=None, end_ids=[tok.end_id, tok.pad_id]))
-        has_policy = policy is not None or p.identity["policy"] is not None
-        keep_logits = bool(probe_cfg.get("information_loss")) and has_policy
-        t0 = time.perf_counter()
-        gen = generate_from_prompt(model, prompt, p.sampler, policy=policy, listeners=listeners,
-                                   keep_logits=keep_logits)
-        seconds = time.perf_counter() - t0
-        baseline = None
-        if has_policy:
-            full, _ = get_prompt(model, c["model"], p.task, idx)
-            baseline = BASELINES.get(model, full, ids, p.sampler)
-        for lst in listeners[2:]:
-            traces += _rows(lst.rows, ids, f"batch{idx.start}")
-        traces += _rows(cost.rows, ids, f"batch{idx.start}")
-        if keep_logits:
-            modes = probe_cfg.get("information_loss") or []
-            bad = [m for m in modes if m not in MODES]
-            if bad:
-                raise ValueError(f"unknown information_loss mode(s) {bad}; choose from: {', '.join(MODES)}")
-            lp = [torch.log_softmax(r.logits.float(), -1) for r in gen.trajectory.steps] if "free" in modes else []
-            if "free" in modes:
-                traces += _rows(compare(baseline, lp, "free", gen.trajectory.tokens), ids, None)
-            if "forced" in modes:
-                traces += _rows(compare(baseline, forced(model, prompt, p.sampler, build_policy(c["policy"]), baseline),
-                                        "forced"), ids, None)
-        for step in probe_cfg.get("oracle_steps") or []:
-            if step < len(gen.trajectory.steps):
-                x = gen.trajectory.steps[step].x_before
-                full_ids = prompt.input_ids.clone()
-                full_ids[:, prompt.answer_index] = x
-                orac = drop_one_oracle(model, prompt, full_ids)
-                for i in range(orac.shape[0]):
-                    for t, v in enumerate(orac[i].tolist()):
-                        traces.append(dict(sample_id=ids[i], step=step, layer=None, head=None, token=t,
-                                           query_group="visual", mode=None, metric="drop_one_kl", value=v))
+        batch = decode_batch(model, full.without_visual() if blind else full, p.sampler, c, ids,
+                             f"batch{idx.start}", full_prompt=full, blind=blind)
+        traces += batch.traces
+        gen, cost, baseline = batch.generation, batch.cost, batch.baseline
         for i, (s, text) in enumerate(zip(samples, gen.texts)):
             row = {"sample_id": s.sample_id, "answer": text, "reference": s.answer, "qtype": s.qtype,
                    **p.task.score(text, s)}
             row["baseline_agreement"] = 1.0 if baseline is None else float(
                 torch.equal(gen.trajectory.tokens[i], baseline.tokens[i]))
             row.update(
-                n_visual_kept=None if kept.n_visual is None else kept.n_visual[i],
+                n_visual_kept=None if batch.n_visual is None else batch.n_visual[i],
                 tokens_executed=cost.total_tokens_executed, flops=cost.total_flops,
-                seconds=seconds / len(samples), peak_memory_mb=cost.peak_memory_mb,
-                baseline_run_id=p.baseline_run_id if has_policy else None,
-                image_ref=s.sample_id, grid_h=prompt.grid[0], grid_w=prompt.grid[1],
+                seconds=batch.seconds / len(samples), peak_memory_mb=cost.peak_memory_mb,
+                baseline_run_id=p.baseline_run_id if batch.has_policy else None,
+                image_ref=s.sample_id, grid_h=gen.prompt.grid[0], grid_w=gen.prompt.grid[1],
             )
             outcomes.append(row)
     out_df = pd.DataFrame(outcomes)

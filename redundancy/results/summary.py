@@ -44,8 +44,9 @@ def summarize_results(res: Results) -> pd.DataFrame:
     for rid, g in outcomes.groupby("run_id", sort=False):
         r = runs.loc[rid]
         task = r.get("task.name")
-        metric = headline_metric(task)
-        acc = g[metric].to_numpy(dtype=float)
+        label = r.get("label.headline")  # runs that name their headline (lmms-eval tasks) use it
+        metric = label if isinstance(label, str) and label else headline_metric(task)
+        acc = g[metric].to_numpy(dtype=float) if metric in g else np.full(len(g), np.nan)
         lo, hi = bootstrap_ci(acc)
         base_id = g["baseline_run_id"].dropna().unique()
         rel_flops = rel_time = float("nan")

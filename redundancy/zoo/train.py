@@ -56,15 +56,21 @@ def _schedule(opt: torch.optim.Optimizer, steps: int, warmup: int):
 
 
 # -- vision ---------------------------------------------------------------------------------------
-def train_vision(steps: int = 400, batch: int = 64, seed: int = 0, out: Path = VISION_DIR, **overrides) -> dict:
-    """Pre-train the shared vision tower on per-patch (shape, colour) labels; save it frozen."""
+def train_vision(steps: int = 400, batch: int = 64, seed: int = 0, out: Path = VISION_DIR, cell_head: bool = False,
+                 **overrides) -> dict:
+    """Pre-train the shared vision tower on per-patch (shape, colour) labels; save it frozen.
+
+    ``cell_head`` adds a third linear head that predicts each patch's grid cell (an experiment:
+    it puts the position into the features, but did not help the position questions).
+    """
     torch.manual_seed(seed)
     model = ToyDMLLM(base_config("llama", "from_scratch", 0, **overrides))
     vision = model.vision
     d = model.config.vision_hidden
     heads = torch.nn.ModuleDict({"shape": torch.nn.Linear(d, len(SHAPES) + 1),
-                                 "colour": torch.nn.Linear(d, len(COLOUR_NAMES) + 1),
-                                 "cell": torch.nn.Linear(d, N_CELLS)})
+                                 "colour": torch.nn.Linear(d, len(COLOUR_NAMES) + 1)})
+    if cell_head:
+        heads["cell"] = torch.nn.Linear(d, N_CELLS)
     cell = torch.as_tensor(PATCH_CELL, dtype=torch.long)
     params = list(vision.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=2e-3, betas=(0.9, 0.98), weight_decay=0.01)
@@ -76,8 +82,9 @@ def train_vision(steps: int = 400, batch: int = 64, seed: int = 0, out: Path = V
         feats = model.vision_features(model.pixels_from_uint8(b.images))
         ls = F.cross_entropy(heads["shape"](feats).flatten(0, 1), torch.as_tensor(b.patch_shape).flatten())
         lc = F.cross_entropy(heads["colour"](feats).flatten(0, 1), torch.as_tensor(b.patch_colour).flatten())
-        lp = F.cross_entropy(heads["cell"](feats).flatten(0, 1), cell.repeat(len(b)))
-        loss = ls + lc + lp
+        loss = ls + lc
+        if cell_head:
+            loss = loss + F.cross_entropy(heads["cell"](feats).flatten(0, 1), cell.repeat(len(b)))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -89,9 +96,10 @@ def train_vision(steps: int = 400, batch: int = 64, seed: int = 0, out: Path = V
         feats = model.vision_features(model.pixels_from_uint8(b.images))
         acc_s = (heads["shape"](feats).argmax(-1) == torch.as_tensor(b.patch_shape)).float().mean().item()
         acc_c = (heads["colour"](feats).argmax(-1) == torch.as_tensor(b.patch_colour)).float().mean().item()
-        acc_p = (heads["cell"](feats).argmax(-1) == cell).float().mean().item()
-    metrics = {"seconds": round(time.time() - t0, 1), "steps": steps, "seed": seed,
-               "patch_shape_acc": acc_s, "patch_colour_acc": acc_c, "patch_cell_acc": acc_p, "git_revision": _git_revision()}
+        acc_p = (heads["cell"](feats).argmax(-1) == cell).float().mean().item() if cell_head else None
+    metrics = {"seconds": round(time.time() - t0, 1), "steps": steps, "seed": seed, "patch_shape_acc": acc_s,
+               "patch_colour_acc": acc_c, **({"patch_cell_acc": acc_p} if cell_head else {}),
+               "git_revision": _git_revision()}
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in vision.state_dict().items()}, str(out / "vision.safetensors"))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -149,8 +157,10 @@ def _loss(model: ToyDMLLM, task: str, indices: range, seed: int, objective: str,
     return (ce * weight * loss_mask).sum() / (len(b) * L)
 
 
-#: examples per step of each task type, and the weight of its loss
-MIX = {"shapes_short": (48, 2.0), "shapes_long": (16, 1.0)}
+#: examples per step of each task type, and the weight of its loss (the shipped models' recipe).
+#: A short-heavy mix, {"shapes_short": (48, 2.0), "shapes_long": (16, 1.0)}, reached higher colour /
+#: shape accuracy at 1500 steps but not the retrieval floors (README model card).
+MIX = {"shapes_short": (32, 1.0), "shapes_long": (32, 1.0)}
 
 
 def train_lm(
@@ -214,7 +224,7 @@ def quality(model: ToyDMLLM, n_short: int = 250, n_long: int = 100) -> dict:
     return out
 
 
-def train_family(target: str, seed: int = 0, steps: int = 1500, ar_fraction: float = 0.5,
+def train_family(target: str, seed: int = 0, steps: int = 1200, ar_fraction: float = 0.5,
                  root: Path = WEIGHTS_DIR, n_eval: tuple[int, int] = (250, 100), **overrides) -> dict:
     """Train ``toy-scratch`` or ``toy-ar2diff`` (+ ``toy-ar``) with the shared vision tower."""
     suffix = "" if seed == 0 else f"@{seed}"
@@ -257,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("target", help=f"one of: {', '.join(TARGETS)}")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=None, help="training steps (vision 400, families 1500)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (vision 400, families 1200)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
     if args.target not in TARGETS:
@@ -267,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.target == "vision":
         res = train_vision(steps=args.steps or 400, seed=args.seed)
     else:
-        res = train_family(args.target, seed=args.seed, steps=args.steps or 1500)
+        res = train_family(args.target, seed=args.seed, steps=args.steps or 1200)
     print(json.dumps(res, indent=1))
 
 
