@@ -30,7 +30,8 @@ def build(tiny: bool, device: str, dtype: torch.dtype):
     from redundancy.models.toy import ToyConfig, ToyDMLLM
     from redundancy.tasks.shapes import VOCAB
 
-    cfg = ToyConfig(decoder="llama", family="from_scratch", logit_shift=0, words=list(VOCAB), **(TINY if tiny else LLADA_V_SIZE))
+    sizes = TINY if tiny else LLADA_V_SIZE
+    cfg = ToyConfig(decoder="llama", family="from_scratch", logit_shift=0, words=list(VOCAB), **sizes)
     old = torch.get_default_dtype()
     torch.manual_seed(0)
     try:

@@ -222,7 +222,6 @@ class ToyDMLLM(TransformersDecoder):
             text_index=lay["text"].to(dev),
         )
 
-
     # -- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, metrics: dict | None = None) -> None:
         """Write ``model.safetensors`` and ``config.json`` (and ``metrics.json`` when given)."""

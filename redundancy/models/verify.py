@@ -102,12 +102,15 @@ NATIVE: dict[str, Native] = {
     "llada-v": Native("train", _llava_load("llava_llada", False), _llada_v_logits,
                       "train/llava/model/builder.py: load_pretrained_model(..., 'llava_llada'); model.model + lm_head"),
     "lavida-llada": Native(".", _llava_load("llava_llada", True), _lavida_llada_logits,
-                           "llava/model/builder.py: load_pretrained_model(..., 'llava_llada'); model.model(None, input_embeddings=)"),
+                           "llava/model/builder.py: load_pretrained_model(..., 'llava_llada'); "
+                           "model.model(None, input_embeddings=)"),
     "lavida-dream": Native(".", _llava_load("llava_dream", True), _lavida_dream_logits,
-                           "llava/model/builder.py: load_pretrained_model(..., 'llava_dream'); forward_dream(None, inputs_embeds=)"),
+                           "llava/model/builder.py: load_pretrained_model(..., 'llava_dream'); "
+                           "forward_dream(None, inputs_embeds=)"),
     "dimple": Native("lmms-eval", _dimple_load, _dimple_logits,
                      "lmms-eval/lmms_eval/models/dimple_model/modeling_dimple.py: DimpleModel (full native forward)"),
-    "mmada": Native(".", _mmada_load, _mmada_logits, "models/__init__.py: MMadaModelLM (full native forward on token ids)"),
+    "mmada": Native(".", _mmada_load, _mmada_logits,
+                    "models/__init__.py: MMadaModelLM (full native forward on token ids)"),
 }
 
 
@@ -138,8 +141,9 @@ def default_image(size: int = 64):
 
 
 @torch.no_grad()
-def verify(model: str, checkpoint: str | Path, reference_repo: str | Path, image=None, question: str = "Describe the image.",
-           answer_length: int = 16, steps: int | None = None, dtype: str = "float32", device: str = "cpu",
+def verify(model: str, checkpoint: str | Path, reference_repo: str | Path, image=None,
+           question: str = "Describe the image.", answer_length: int = 16, steps: int | None = None,
+           dtype: str = "float32", device: str = "cpu",
            options: dict | None = None) -> dict:
     """Run adapter and original on one prompt; return the max logit difference and generation agreement."""
     from ..engine import Engine
@@ -156,6 +160,10 @@ def verify(model: str, checkpoint: str | Path, reference_repo: str | Path, image
     adapter = load_real(model, checkpoint, dtype=dtype, device=device, **(options or {}))
     if image is None:
         image = torch.randint(0, 8192, (256,)) if model == "mmada" else default_image()
+    elif model != "mmada":
+        from .base import load_image
+
+        image = load_image(image)
     prompt = adapter.build_prompt([image], [question], answer_length)
     prompt.meta["image"] = image
     with on_path(where):

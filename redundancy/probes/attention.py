@@ -9,9 +9,10 @@ already committed) and ``text`` (prompt positions that are neither visual nor an
   receives from answer rows, at the steps and layers asked for.
 
 Only the needed query rows are recomputed from the layer's own q/k projections and rotary tables
-(no eager attention, no n x n map kept across steps). Under the prefix cache the answer passes are
-probed against the cached prompt keys (the ``text`` group is then absent: the prompt ran once); heads are averaged after the softmax, or
+(no eager attention, no n x n map kept across steps); heads are averaged after the softmax, or
 before it with ``average_heads_before_softmax`` (the study's FastV variant; ``head`` is then 0).
+Under the prefix cache the answer passes are probed against the cached prompt keys (the ``text``
+group is then absent after the prefill: the prompt ran once).
 """
 
 from __future__ import annotations

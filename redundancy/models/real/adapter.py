@@ -50,6 +50,9 @@ MMADA_TEMPLATE = ("<|mmu|><|soi|>{image}<|eoi|><|start_header_id|>user<|end_head
                   "<|start_header_id|>assistant<|end_header_id|>\n")
 
 LLADA_ENDS = ("<|eot_id|>", "<|endoftext|>")
+# LLaVA-style checkpoints keep the tower's post-norm and head (unused by the features) and an unused resampler
+_TOWER = "model.vision_tower.vision_tower.vision_model."
+LLAVA_UNUSED = (_TOWER + "post_layernorm", _TOWER + "head", "model.vision_resampler")
 QWEN_ENDS = ("<|im_end|>", "<|endoftext|>")
 
 SPECS: dict[str, ModelSpec] = {
@@ -57,18 +60,15 @@ SPECS: dict[str, ModelSpec] = {
         "llada-v", "GSAI-ML/LLaDA-V", "llama", "llava", "from_scratch", 0, "<|mdm_mask|>", "<|endoftext|>",
         LLADA_ENDS, LLADA_TEMPLATE, LLADA_SYSTEM,
         forbidden_tokens=("<|endoftext|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>"),
-        ignore_prefixes=("model.vision_tower.vision_tower.vision_model.post_layernorm", "model.vision_tower.vision_tower.vision_model.head",
-                         "model.vision_resampler")),
+        ignore_prefixes=LLAVA_UNUSED),
     "lavida-llada": ModelSpec(
         "lavida-llada", "jacklishufan/lavida-llada-v1.0-instruct", "olmo", "llava-pool", "from_scratch", 0,
         "<|mdm_mask|>", "<|endoftext|>", LLADA_ENDS, LLADA_TEMPLATE, LLADA_SYSTEM,
-        ignore_prefixes=("model.vision_tower.vision_tower.vision_model.post_layernorm", "model.vision_tower.vision_tower.vision_model.head",
-                         "model.vision_resampler")),
+        ignore_prefixes=LLAVA_UNUSED),
     "lavida-dream": ModelSpec(
         "lavida-dream", "jacklishufan/lavida-dream-v1.0-instruct", "qwen2", "llava-pool", "ar_to_diffusion", 1,
         "<|mask|>", "<|endoftext|>", QWEN_ENDS, DREAM_TEMPLATE, QWEN_SYSTEM,
-        ignore_prefixes=("model.vision_tower.vision_tower.vision_model.post_layernorm", "model.vision_tower.vision_tower.vision_model.head",
-                         "model.vision_resampler")),
+        ignore_prefixes=LLAVA_UNUSED),
     "dimple": ModelSpec(
         "dimple", "rp-yu/Dimple-7B", "qwen2", "qwen", "ar_to_diffusion", 1, "<|mask|>", "<|endoftext|>",
         QWEN_ENDS, DIMPLE_TEMPLATE, QWEN_SYSTEM, image_token="<|image_pad|>"),
@@ -112,7 +112,8 @@ class RealDMLLM(TransformersDecoder):
             if vq_model is not None and self.vq_model is None:
                 raise ValueError(f"vq_model must be callable (image -> codes), got {type(vq_model).__name__}")
             if mmada_repo is not None or vq_model_path is not None:
-                self.vq_model = MagvitCodes(mmada_repo, vq_model_path, int(resolution or self.config.get("resolution", 512)))
+                res = int(resolution or self.config.get("resolution", 512))
+                self.vq_model = MagvitCodes(mmada_repo, vq_model_path, res)
             self.image_offset = int(image_offset if image_offset is not None
                                     else self.config.get("llm_vocab_size", 126464))
         left = w.unused(spec.ignore_prefixes)
