@@ -157,10 +157,14 @@ def _loss(model: ToyDMLLM, task: str, indices: range, seed: int, objective: str,
     return (ce * weight * loss_mask).sum() / (len(b) * L)
 
 
-#: examples per step of each task type, and the weight of its loss (the shipped models' recipe).
-#: A short-heavy mix, {"shapes_short": (48, 2.0), "shapes_long": (16, 1.0)}, reached higher colour /
-#: shape accuracy at 1500 steps but not the retrieval floors (README model card).
-MIX = {"shapes_short": (32, 1.0), "shapes_long": (32, 1.0)}
+#: language-model recipes: total steps and, per task type, examples per step and loss weight.
+#: ``v1`` made the shipped zoo; ``v2`` (short-heavy, 3000 steps) is the candidate for the quality
+#: floors (README model card: colour 1.00 and the conjunctive questions rising at step 1500 of 3000).
+RECIPES: dict[str, dict] = {
+    "v1": {"steps": 1200, "mix": {"shapes_short": (32, 1.0), "shapes_long": (32, 1.0)}},
+    "v2": {"steps": 3000, "mix": {"shapes_short": (48, 2.0), "shapes_long": (16, 1.0)}},
+}
+MIX = RECIPES["v1"]["mix"]  # train_lm's default
 
 
 def train_lm(
@@ -224,26 +228,37 @@ def quality(model: ToyDMLLM, n_short: int = 250, n_long: int = 100) -> dict:
     return out
 
 
-def train_family(target: str, seed: int = 0, steps: int = 1200, ar_fraction: float = 0.5,
-                 root: Path = WEIGHTS_DIR, n_eval: tuple[int, int] = (250, 100), **overrides) -> dict:
-    """Train ``toy-scratch`` or ``toy-ar2diff`` (+ ``toy-ar``) with the shared vision tower."""
+def train_family(target: str, seed: int = 0, steps: int | None = None, ar_fraction: float = 0.5,
+                 root: Path = WEIGHTS_DIR, n_eval: tuple[int, int] = (250, 100), recipe: str = "v1",
+                 **overrides) -> dict:
+    """Train ``toy-scratch`` or ``toy-ar2diff`` (+ ``toy-ar``) with the shared vision tower.
+
+    ``recipe`` names an entry of :data:`RECIPES` (its step count unless ``steps`` is given).
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    steps = steps or RECIPES[recipe]["steps"]
+    mix = RECIPES[recipe]["mix"]
     suffix = "" if seed == 0 else f"@{seed}"
     torch.manual_seed(1000 + seed)
+    vision_dir = root / "_vision" if (root / "_vision" / "vision.safetensors").is_file() else VISION_DIR
+    vm = vision_dir / "metrics.json"
     common = {"data_seed": seed, "init_seed": 1000 + seed, "git_revision": _git_revision(),
-              "vision": json.loads((VISION_DIR / "metrics.json").read_text()) if (VISION_DIR / "metrics.json").is_file() else None}
+              **({} if recipe == "v1" else {"lm_recipe": recipe, "mix": {k: list(v) for k, v in mix.items()}}),
+              "vision": json.loads(vm.read_text()) if vm.is_file() else None}
     if target == "toy-scratch":
         model = ToyDMLLM(base_config("llama", "from_scratch", 0, **overrides), name=target + suffix)
-        load_vision(model)
-        secs = train_lm(model, steps, "diffusion", seed, desc=target + suffix)
+        load_vision(model, vision_dir)
+        secs = train_lm(model, steps, "diffusion", seed, desc=target + suffix, mix=mix)
         metrics = {**common, "recipe": "masked diffusion from random init (LLaDA)", "steps": steps,
                    "train_seconds": round(secs, 1), **quality(model, *n_eval)}
         model.save_pretrained(root / (target + suffix), metrics)
         return {target + suffix: metrics}
     if target == "toy-ar2diff":
         model = ToyDMLLM(base_config("qwen2", "autoregressive", 1, **overrides), name="toy-ar" + suffix)
-        load_vision(model)
+        load_vision(model, vision_dir)
         ar_steps = int(steps * ar_fraction)
-        secs_ar = train_lm(model, ar_steps, "ar", seed, desc="toy-ar" + suffix)
+        secs_ar = train_lm(model, ar_steps, "ar", seed, desc="toy-ar" + suffix, mix=mix)
         results = {}
         ar_metrics = {**common, "recipe": "autoregressive next-token (causal)", "steps": ar_steps,
                       "train_seconds": round(secs_ar, 1), **quality(model, *n_eval)}
@@ -253,7 +268,8 @@ def train_family(target: str, seed: int = 0, steps: int = 1200, ar_fraction: flo
         model.config.family = "ar_to_diffusion"
         model.family = "ar_to_diffusion"
         model.name = target + suffix
-        secs_d = train_lm(model, steps - ar_steps, "diffusion", seed, desc=target + suffix, offset=ar_steps)
+        secs_d = train_lm(model, steps - ar_steps, "diffusion", seed, desc=target + suffix, offset=ar_steps,
+                          mix=mix)
         metrics = {**common, "recipe": "AR phase then masked-diffusion adaptation (Dream)", "ar_steps": ar_steps,
                    "diffusion_steps": steps - ar_steps, "train_seconds": round(secs_ar + secs_d, 1),
                    **quality(model, *n_eval)}
@@ -267,17 +283,24 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("target", help=f"one of: {', '.join(TARGETS)}")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=None, help="training steps (vision 400, families 1200)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (vision 400, families: the recipe's)")
+    ap.add_argument("--recipe", default="v1", help=f"language-model recipe, one of: {', '.join(RECIPES)} (v1 made "
+                                                   "the shipped zoo)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="zoo folder to write to (default: the package's); its _vision/ tower is used when present")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
     if args.target not in TARGETS:
         ap.error(f"unknown zoo target {args.target!r}; choose one of: {', '.join(TARGETS)}")
+    if args.recipe not in RECIPES:
+        ap.error(f"unknown recipe {args.recipe!r}; choose one of: {', '.join(RECIPES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.target == "vision":
-        res = train_vision(steps=args.steps or 400, seed=args.seed)
+        res = train_vision(steps=args.steps or 400, seed=args.seed, out=(args.out or WEIGHTS_DIR) / "_vision")
     else:
-        res = train_family(args.target, seed=args.seed, steps=args.steps or 1200)
+        res = train_family(args.target, seed=args.seed, steps=args.steps, recipe=args.recipe,
+                           root=args.out or WEIGHTS_DIR)
     print(json.dumps(res, indent=1))
 
 
