@@ -85,13 +85,18 @@ def _decoder(gen, layout: str, vocab: int, kv_heads: int) -> dict:
 V_HIDDEN, V_INTER, V_PATCH, V_SIDE, V_LAYERS = 144, 64, 14, 2, 2
 
 
-def _siglip(gen) -> dict:
-    """SigLIP tower weights as nested by LLaVA's ``SigLipVisionTower`` (last layer already deleted)."""
+def _siglip(gen, post_norm: bool = True) -> dict:
+    """SigLIP tower weights as nested by LLaVA's ``SigLipVisionTower`` (last layer already deleted).
+
+    ``post_norm``: whether the (unused) post-layernorm is still in the checkpoint.
+    """
     p = "model.vision_tower.vision_tower.vision_model."
     h = V_HIDDEN
     sd = {p + "embeddings.patch_embedding.weight": _g(gen, h, 3, V_PATCH, V_PATCH, scale=0.05),
-          p + "embeddings.patch_embedding.bias": _g(gen, h), p + "embeddings.position_embedding.weight": _g(gen, V_SIDE ** 2, h),
-          p + "post_layernorm.weight": torch.ones(h), p + "post_layernorm.bias": torch.zeros(h)}
+          p + "embeddings.patch_embedding.bias": _g(gen, h),
+          p + "embeddings.position_embedding.weight": _g(gen, V_SIDE ** 2, h)}
+    if post_norm:
+        sd.update({p + "post_layernorm.weight": torch.ones(h), p + "post_layernorm.bias": torch.zeros(h)})
     for i in range(V_LAYERS):
         q = f"{p}encoder.layers.{i}."
         for a in ("q_proj", "k_proj", "v_proj", "out_proj"):
@@ -156,7 +161,7 @@ def write_checkpoint(model: str, path: Path, seed: int = 0, shards: int = 2) -> 
                             "mm_hidden_size": V_HIDDEN, "image_aspect_ratio": "anyres", "mm_patch_merge_type": "spatial_unpad",
                             "image_grid_pinpoints": [[384, 768], [768, 384], [768, 768], [1152, 384], [384, 1152]]})
         if model != "mmada":
-            sd.update(_siglip(gen))
+            sd.update(_siglip(gen, post_norm=model == "llada-v"))
         write_tokenizer(path, LLADA_VOCAB, LLADA_SPECIAL)
     elif model in ("lavida-dream", "dimple"):
         sd = _decoder(gen, "qwen2", QWEN_VOCAB, 2)

@@ -116,8 +116,10 @@ class LlavaVision(nn.Module):
         )
         cfg._attn_implementation = "eager"
         self.tower = SiglipVisionModel(cfg).to(dtype)
-        tower_map = {pre + k.removeprefix("vision_model."): "tower." + k
-                     for k in self.tower.state_dict() if not k.startswith("vision_model.post_layernorm")}
+        # the features are the last kept layer's hidden states: the post-norm is never used (LLaVA
+        # checkpoints may or may not still hold it; it is ignored when present)
+        getattr(self.tower, "vision_model", self.tower).post_layernorm = nn.Identity()
+        tower_map = {pre + k.removeprefix("vision_model."): "tower." + k for k in self.tower.state_dict()}
         self.side = side
         self.projector = nn.Sequential(nn.Linear(hidden, d_model), nn.GELU(), nn.Linear(d_model, d_model)).to(dtype)
         proj_map = {f"model.mm_projector.{i}.{p}": f"projector.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")}
