@@ -152,6 +152,15 @@ def test_dimple_mrope_positions(real):
     assert (p.input_ids[0, p.visual_index] == QWEN_SPECIAL["<|image_pad|>"]).all()
 
 
+def test_dimple_with_a_qwen2_vl_tower(tmp_path):
+    """The vision transformer is chosen by the checkpoint's keys (fc1/fc2: Qwen2-VL; gate/up/down: 2.5)."""
+    d = write_checkpoint("dimple", tmp_path / "d", qwen2_vl=True)
+    m = load_model("dimple", checkpoint=str(d))
+    assert type(m.vision.tower).__name__ == "Qwen2VisionTransformerPretrainedModel"
+    p = m.build_prompt([image(56, 56)], ["what colour is it ?"], 2)
+    assert p.n_visual == 4 and p.visual_embeds.shape == (1, 4, 32) and torch.isfinite(p.visual_embeds).all()
+
+
 def test_mmada_codes(real):
     m = real["mmada"]
     codes = torch.arange(16)

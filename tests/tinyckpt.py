@@ -127,8 +127,11 @@ def _save(path: Path, sd: dict, shards: int) -> None:
     (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
-def write_checkpoint(model: str, path: Path, seed: int = 0, shards: int = 2) -> Path:
-    """Write a tiny ``model`` checkpoint (config.json, safetensors shards, tokenizer.json) into ``path``."""
+def write_checkpoint(model: str, path: Path, seed: int = 0, shards: int = 2, qwen2_vl: bool = False) -> Path:
+    """Write a tiny ``model`` checkpoint (config.json, safetensors shards, tokenizer.json) into ``path``.
+
+    ``qwen2_vl``: Dimple with a Qwen2-VL vision tower (LayerNorm, fc1/fc2 MLP) instead of Qwen2.5-VL's.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
@@ -181,7 +184,14 @@ def write_checkpoint(model: str, path: Path, seed: int = 0, shards: int = 2) -> 
             vc = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, temporal_patch_size=2,
                       spatial_merge_size=2, out_hidden_size=48, window_size=56, fullatt_block_indexes=[1])
             torch.manual_seed(seed)
-            tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(Qwen2_5_VLVisionConfig(**vc))
+            if qwen2_vl:
+                from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
+                from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+
+                tower = Qwen2VisionTransformerPretrainedModel._from_config(Qwen2VLVisionConfig(
+                    depth=2, embed_dim=32, hidden_size=48, mlp_ratio=2, num_heads=2))
+            else:
+                tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(Qwen2_5_VLVisionConfig(**vc))
             sd.update({"visual." + k: v.detach().clone() + 0.02 * torch.randn(v.shape, generator=gen)
                        for k, v in tower.state_dict().items()})
             sd["img_projector.linear_1.weight"], sd["img_projector.linear_1.bias"] = _g(gen, D, 48), _g(gen, D)

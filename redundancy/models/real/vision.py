@@ -228,7 +228,7 @@ class QwenVision(nn.Module):
             from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
             cfg = Qwen2VLVisionConfig(embed_dim=hidden, hidden_size=merged,
-                                      mlp_ratio=weights.get("visual.blocks.0.mlp.fc1.weight").shape[0] / hidden,
+                                      mlp_ratio=weights.get("visual.blocks.0.mlp.fc1.weight").shape[0] // hidden,
                                       **common)
             cfg._attn_implementation = "eager"
             self.tower = Qwen2VisionTransformerPretrainedModel._from_config(cfg)
