@@ -100,7 +100,7 @@ class RealDMLLM(TransformersDecoder):
         dt = parse_dtype(dtype)
         self.config = read_config(self.checkpoint)
         w = Weights(self.checkpoint)
-        self.lm, self.head, self.sizes = load_lm(spec.layout, w, self.config, dt)
+        self.lm, self.head, self.sizes = load_lm(spec.layout, w, self.config, dt, device)
         d = self.sizes["hidden"]
         if spec.vision in ("llava", "llava-pool"):
             self.vision = LlavaVision(w, self.config, d, dt, pool=spec.vision == "llava-pool")

@@ -92,18 +92,33 @@ class Weights:
         for src, dst in mapping.items():
             if dst not in params:
                 raise CheckpointError(f"internal mapping names unknown parameter {dst!r} for {src!r}")
-            t = self.get(src)
-            if tuple(t.shape) != tuple(params[dst].shape):
-                raise CheckpointError(
-                    f"{self.where[src]}: weight {src!r} has shape {tuple(t.shape)}, but the config implies "
-                    f"{tuple(params[dst].shape)} (check config.json)"
-                )
-            with torch.no_grad():
-                params[dst].copy_(t.to(dtype))
-            todo.discard(dst)
+            if src not in self.where:
+                self.get(src)  # raises, naming the key
+        by_file: dict[Path, list[tuple[str, str]]] = {}
+        for src, dst in mapping.items():
+            by_file.setdefault(self.where[src], []).append((src, dst))
+        for f, pairs in by_file.items():  # each shard opened once
+            with safe_open(str(f), framework="pt") as h:
+                present = set(h.keys())
+                for src, dst in pairs:
+                    if src not in present:
+                        raise CheckpointError(f"{f}: weight {src!r} is listed in the index but not in this shard")
+                    self._copy(src, h.get_tensor(src), params[dst], dtype)
+                    todo.discard(dst)
         left = sorted(todo)
         if left:
             raise CheckpointError(f"{self.path}: no checkpoint weight for {left[:5]}")
+
+    def _copy(self, src: str, t: Tensor, param: Tensor, dtype: torch.dtype) -> None:
+        """Copy one checkpoint tensor into a parameter of the same shape."""
+        if tuple(t.shape) != tuple(param.shape):
+            raise CheckpointError(
+                f"{self.where[src]}: weight {src!r} has shape {tuple(t.shape)}, but the config implies "
+                f"{tuple(param.shape)} (check config.json)"
+            )
+        with torch.no_grad():
+            param.copy_(t.to(dtype))
+        self.used.add(src)
 
     def unused(self, ignore: Sequence[str] = ()) -> list[str]:
         """Checkpoint keys that no part of the adapter read (excluding prefixes in ``ignore``)."""

@@ -47,8 +47,10 @@ def lm_config(layout: str, cfg: Mapping, where: str) -> dict:
                 rope_scaling=c.get("rope_scaling"))
 
 
-def build_lm(layout: str, s: Mapping, dtype: torch.dtype) -> tuple[nn.Module, nn.Linear]:
-    """An empty transformers decoder and head of the given sizes (eager attention, bidirectional use)."""
+def build_lm(layout: str, s: Mapping, dtype: torch.dtype,
+             device: str | torch.device = "cpu") -> tuple[nn.Module, nn.Linear]:
+    """An empty transformers decoder and head of the given sizes (eager attention, bidirectional use),
+    allocated directly in ``dtype`` on ``device`` (no float32 copy of an 8B model on the host)."""
     from transformers import LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model
 
     common = dict(vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["intermediate"],
@@ -63,10 +65,11 @@ def build_lm(layout: str, s: Mapping, dtype: torch.dtype) -> tuple[nn.Module, nn
     with torch.device("meta"):
         lm = (Qwen2Model if layout == "qwen2" else LlamaModel)(dc)
         head = nn.Linear(s["hidden"], s["vocab"], bias=False)
-    lm = lm.to_empty(device="cpu").to(dtype)
-    head = head.to_empty(device="cpu").to(dtype)
-    # the rotary tables are buffers computed at init: rebuild them on a real device
-    lm.rotary_emb = type(lm.rotary_emb)(config=dc)
+    lm = lm.to(dtype).to_empty(device=device)
+    head = head.to(dtype).to_empty(device=device)
+    # the rotary tables are buffers computed at init: rebuild them (float32) on the real device
+    with torch.device(device):
+        lm.rotary_emb = type(lm.rotary_emb)(config=dc)
     return lm, head
 
 
@@ -99,10 +102,11 @@ def weight_map(layout: str, n_layers: int, tied: bool) -> tuple[dict, dict]:
     return lm, head
 
 
-def load_lm(layout: str, weights: Weights, cfg: Mapping, dtype: torch.dtype) -> tuple[nn.Module, nn.Linear, dict]:
+def load_lm(layout: str, weights: Weights, cfg: Mapping, dtype: torch.dtype,
+            device: str | torch.device = "cpu") -> tuple[nn.Module, nn.Linear, dict]:
     """Build and fill the decoder and head from a checkpoint."""
     s = lm_config(layout, cfg, str(weights.path / "config.json"))
-    lm, head = build_lm(layout, s, dtype)
+    lm, head = build_lm(layout, s, dtype, device)
     lm_map, head_map = weight_map(layout, s["layers"], s["tied"])
     weights.load_into(lm, lm_map, dtype)
     weights.load_into(head, head_map, dtype)
