@@ -43,6 +43,8 @@ class SamplerConf:
     suppress_end: bool = False
     prefix_cache: bool = False
     seed: int = 0
+    schedule: str = "linear"  # tokens per step: linear | shift | cosine | logit_normal | dream
+    schedule_shift: float = 3.0
 
 
 @dataclass

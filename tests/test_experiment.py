@@ -70,12 +70,14 @@ def test_coinciding_settings_share_one_run(tmp_path):
     assert plan(cfg(tmp_path, "policy=fastv", "policy.prune.step_fraction=0.0")).run_id == once
     assert plan(cfg(tmp_path, "policy=fastv", "output=/tmp/x.parquet")).run_id == once
     # every knob that is not a scheduling knob stays in the identity
+    assert plan(cfg(tmp_path, "sampler.schedule=shift")).run_id != base
     sv = plan(cfg(tmp_path, "policy=sparsevlm")).run_id
     assert plan(cfg(tmp_path, "policy=sparsevlm", "policy.prune.recycle_fraction=0.9")).run_id != sv
 
 
 @pytest.mark.parametrize("overrides, match", [
     (["sampler.block_length=3"], "block_length 3"),
+    (["sampler.schedule=exp"], "unknown schedule 'exp'; choose one of: linear, shift, cosine, logit_normal, dream"),
     (["policy=fastv", "policy.prune.layer=9"], "layer K=9 is beyond the model's depth"),
     (["model.checkpoint=/nonexistent/dir"], "model.checkpoint '/nonexistent/dir' is not a directory"),
     (["size=huge"], "unknown size 'huge'; choose one of: full, small"),
@@ -166,11 +168,15 @@ def test_config_schema_matches_the_policy_configs():
     """The Hydra schema (typed for OmegaConf) and the runtime policy configs must not drift apart."""
     from dataclasses import fields
 
-    from redundancy.config import PruneConf, SkipConf
+    from redundancy.config import PruneConf, SamplerConf, SkipConf
     from redundancy.policies import PruneConfig, SkipConfig
+    from redundancy.sampling import SamplerConfig
 
     assert [f.name for f in fields(PruneConf)] == [f.name for f in fields(PruneConfig)]
     assert [f.name for f in fields(SkipConf)] == [f.name for f in fields(SkipConfig)]
+    assert [f.name for f in fields(SamplerConf)] == ["kind"] + [f.name for f in fields(SamplerConfig)]
+    for f in fields(SamplerConfig):  # same defaults too
+        assert getattr(SamplerConf(), f.name) == getattr(SamplerConfig(), f.name), f.name
 
 
 def test_command_line_model_replaces_the_sweeps_model_list():

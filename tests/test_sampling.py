@@ -47,6 +47,58 @@ def test_transfer_counts():
     assert sum(transfer_counts(7, 3)) == 7
 
 
+def _reference_schedule(n, steps, sigma):
+    """Cumulative counts floor(sigma(k / S) * n) by plain float arithmetic, at least one per step."""
+    s = min(steps, n)
+    cum = [int(sigma(k / s) * n) for k in range(s + 1)]
+    return [c1 - c0 for c0, c1 in zip(cum, cum[1:])]
+
+
+@pytest.mark.parametrize("schedule", ["shift", "cosine", "logit_normal"])
+@pytest.mark.parametrize("n, steps", [(16, 8), (64, 32), (32, 32), (5, 8), (128, 48), (7, 3)])
+def test_non_uniform_schedules(schedule, n, steps):
+    counts = transfer_counts(n, steps, schedule)
+    assert sum(counts) == n and len(counts) == min(steps, n) and min(counts) >= 1
+    if schedule == "shift":  # concave: the count per step never falls much, late steps commit more
+        assert counts[-1] >= counts[0]
+    else:  # S-shaped: symmetric up to rounding, largest in the middle
+        assert max(counts) >= max(counts[0], counts[-1])
+
+
+def test_shift_schedule_by_hand():
+    # sigma(t) = 3t / (1 + 2t) on t = k/8, times 16: 0, 4.8, 8, 10.3, 12, 13.3, 14.4, 15.3, 16
+    # -> increments 4 4 2 2 1 1 1 1, committed in reverse (few first, many last)
+    assert transfer_counts(16, 8, "shift") == [1, 1, 1, 1, 2, 2, 4, 4]
+    assert transfer_counts(16, 8, "shift", shift=1.0) == transfer_counts(16, 8) == [2] * 8
+    ref = _reference_schedule(100, 10, lambda t: 3 * t / (1 + 2 * t))
+    assert transfer_counts(100, 10, "shift") == ref[::-1]
+    # more steps than tokens: one token per step, the surplus steps dropped
+    assert transfer_counts(3, 8, "shift") == [1, 1, 1]
+    # an excess from the one-per-step floor is taken from the first multi-token increments
+    assert transfer_counts(8, 8, "cosine") == [1] * 8
+    with pytest.raises(ValueError, match="unknown schedule 'exp'"):
+        transfer_counts(4, 2, "exp")
+
+
+def test_dream_schedule_by_hand():
+    # t = linspace(1, 0.001, 9): step 0 commits int(16 * 0.1249) = 1, then int(15 * 0.1427) = 2, ...
+    assert transfer_counts(16, 8, "dream") == [1, 2, 2, 2, 2, 2, 2, 3]
+    # one step per token: the first step commits int(8 * 0.1249) = 0, the last one two
+    assert transfer_counts(8, 8, "dream") == [0, 1, 1, 1, 1, 1, 1, 2]
+    assert transfer_counts(5, 1, "dream") == [5]
+
+
+def test_sampler_follows_the_schedule():
+    src = Rigged(target=list(range(3, 11)) * 2, strength=list(range(16, 0, -1)))
+    x = torch.full((1, 16), MASK)
+    traj = DiffusionSampler(strategy="low_confidence", steps=8, schedule="shift").generate(src, x, MASK)
+    assert [len(c) for c in order_of(traj)] == [1, 1, 1, 1, 2, 2, 4, 4]
+    assert order_of(traj)[:2] == [[0], [1]]  # the most confident slots first
+    blocks = DiffusionSampler(strategy="low_confidence", steps=8, block_length=8, schedule="shift").generate(
+        Rigged(target=[4] * 16, strength=[1.0] * 16), x, MASK)
+    assert [len(c) for c in order_of(blocks)] == [1, 1, 2, 4] * 2  # per block: 8 tokens over 4 steps
+
+
 def test_low_confidence_commits_most_confident_first():
     src = Rigged(target=[5, 6, 7, 8, 9, 10], strength=[1, 6, 2, 5, 3, 4])
     x = torch.full((1, 6), MASK)
@@ -141,6 +193,8 @@ def test_autoregressive_left_to_right_and_stops():
         (dict(strategy="threshold", threshold=1.5), r"threshold must be in \(0, 1\]"),
         (dict(strategy="threshold", threshold=0.0), r"threshold must be in \(0, 1\]"),
         (dict(strategy="confident"), "unknown strategy 'confident'; choose one of: low_confidence"),
+        (dict(schedule="exp"), "unknown schedule 'exp'; choose one of: linear, shift, cosine, logit_normal, dream"),
+        (dict(schedule="shift", schedule_shift=0.0), "schedule_shift must be > 0, got 0.0"),
     ],
 )
 def test_bad_sampler_settings(kwargs, match):

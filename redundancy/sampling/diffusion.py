@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .schedule import transfer_counts
+from .schedule import SCHEDULES, transfer_counts
 
 STRATEGIES = ("low_confidence", "random", "topk_margin", "entropy", "threshold")
 # confidences live in [-log V, 1]; this offset ranks every end/pad prediction below all content
@@ -29,7 +29,9 @@ class SamplerConfig:
     ``steps`` total denoising steps (default: answer_len / ``tokens_per_step``); ``block_length``
     the semi-autoregressive block (default: the whole answer); ``strategy`` how positions are chosen
     for commitment; ``threshold`` for confident decoding; ``suppress_end`` holds the confidence of
-    end / padding predictions below every content token; ``prefix_cache`` runs the prompt once.
+    end / padding predictions below every content token; ``prefix_cache`` runs the prompt once;
+    ``schedule`` how many tokens each step of a block commits (:mod:`.schedule`: ``linear`` is
+    LLaDA's even split, ``shift`` LaViDa's, with ``schedule_shift``).
     """
 
     strategy: str = "low_confidence"
@@ -41,6 +43,8 @@ class SamplerConfig:
     suppress_end: bool = False
     prefix_cache: bool = False
     seed: int = 0
+    schedule: str = "linear"
+    schedule_shift: float = 3.0
 
     def resolve(self, answer_length: int) -> tuple[int, int, int]:
         """Validate against an answer length; return (steps, block_length, n_blocks)."""
@@ -65,6 +69,10 @@ class SamplerConfig:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        if self.schedule_shift <= 0:
+            raise ValueError(f"schedule_shift must be > 0, got {self.schedule_shift}")
         return steps, block, n_blocks
 
 
@@ -157,7 +165,7 @@ class DiffusionSampler:
                 plan = None
             else:
                 n_masked = int((x[:, lo:hi] == mask_id).sum(1).max())
-                plan = transfer_counts(n_masked, steps // n_blocks)
+                plan = transfer_counts(n_masked, steps // n_blocks, cfg.schedule, cfg.schedule_shift)
             s = 0
             while True:
                 masked = (x == mask_id) & in_block

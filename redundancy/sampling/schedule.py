@@ -1,15 +1,69 @@
-"""How many answer tokens to commit at each step of a block (LLaDA's schedule)."""
+"""How many answer tokens to commit at each step of a block.
+
+``linear`` is LLaDA's even split. ``shift``, ``cosine`` and ``logit_normal`` are the non-uniform
+schedules of LaViDa's sampler (its ``schedule`` keyword; LaViDa's own scripts use ``shift`` with
+shift 3): a curve ``sigma(t)`` on ``t = 0, 1/S, ..., 1`` with ``S = min(steps, n)`` gives the
+cumulative number of committed tokens ``floor(sigma(t) * n)``; every step commits at least one token
+(the excess is taken back one token at a time, cycling from the first step over those with more than
+one), and the order is reversed, so a concave ``sigma`` commits few tokens first and many at the end.
+``dream`` is Dream's rule (also Dimple's ``dream`` pipeline): on ``t = linspace(1, 1e-3, steps + 1)``
+step ``i`` commits ``int(m * (1 - t[i+1] / t[i]))`` of the ``m`` tokens still masked, and the last step
+all that remain; the truncation makes it uneven (it can even commit nothing at the first step).
+"""
 
 from __future__ import annotations
 
+import math
 
-def transfer_counts(n_masked: int, steps: int) -> list[int]:
-    """Split ``n_masked`` commits over ``steps`` as evenly as possible, the remainder going first.
+import torch
+
+SCHEDULES = ("linear", "shift", "cosine", "logit_normal", "dream")
+DREAM_EPS = 1e-3
+
+
+def _sigma(schedule: str, t: torch.Tensor, shift: float) -> torch.Tensor:
+    if schedule == "shift":
+        return shift * t / (1 + (shift - 1) * t)
+    if schedule == "cosine":
+        return 1 - 0.5 * (1 + torch.cos(math.pi * t))
+    # logit_normal: the standard normal CDF of logit(t) (0 at t = 0, 1 at t = 1)
+    logit = torch.log(t / (1 - t))
+    return 0.5 * (1 + torch.erf(logit / math.sqrt(2.0)))
+
+
+def transfer_counts(n_masked: int, steps: int, schedule: str = "linear", shift: float = 3.0) -> list[int]:
+    """Split ``n_masked`` commits over at most ``steps`` steps following ``schedule``.
 
     >>> transfer_counts(10, 4)
     [3, 3, 2, 2]
+    >>> transfer_counts(16, 8, "shift")
+    [1, 1, 1, 1, 2, 2, 4, 4]
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    base, rem = divmod(n_masked, steps)
-    return [base + (1 if i < rem else 0) for i in range(steps)]
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    if schedule == "linear" or n_masked == 0:
+        base, rem = divmod(n_masked, steps)
+        return [base + (1 if i < rem else 0) for i in range(steps)]
+    if schedule == "dream":
+        t = torch.linspace(1, DREAM_EPS, steps + 1)  # float32, as Dream computes it
+        counts, left = [], n_masked
+        for i in range(steps):
+            k = int(left * (1 - t[i + 1] / t[i])) if i < steps - 1 else left
+            counts.append(k)
+            left -= k
+        return counts
+    if shift <= 0:
+        raise ValueError(f"schedule shift must be > 0, got {shift}")
+    s = min(steps, n_masked)
+    t = torch.linspace(0, 1, s + 1)  # float32, as the reference sampler computes it
+    cum = (_sigma(schedule, t, shift) * n_masked).to(torch.int64)
+    counts = [max(1, int(c)) for c in cum[1:] - cum[:-1]]
+    excess, j = sum(counts) - n_masked, 0
+    while excess > 0:
+        if counts[j % s] > 1:
+            counts[j % s] -= 1
+            excess -= 1
+        j += 1
+    return counts[::-1]
