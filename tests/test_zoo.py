@@ -135,7 +135,7 @@ def test_non_editable_install_ships_weights(tmp_path):
 def test_recipes_and_their_errors(capsys):
     assert T.RECIPES["v1"]["steps"] == json.loads((WEIGHTS_DIR / "toy-scratch" / "metrics.json").read_text())["steps"]
     assert T.MIX is T.RECIPES["v1"]["mix"]  # train_lm's default is the shipped zoo's mix
-    with pytest.raises(ValueError, match="unknown recipe 'v9'; choose one of: v1, v2, v3, v4"):
+    with pytest.raises(ValueError, match="unknown recipe 'v9'; choose one of: v1, v2, v3, v4, v5"):
         T.train_family("toy-scratch", recipe="v9")
     with pytest.raises(SystemExit):
         T.main(["toy-scratch", "--recipe", "v9"])
