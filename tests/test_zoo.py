@@ -133,8 +133,19 @@ def test_non_editable_install_ships_weights(tmp_path):
 
 
 def test_recipes_and_their_errors(capsys):
-    assert T.RECIPES["v1"]["steps"] == json.loads((WEIGHTS_DIR / "toy-scratch" / "metrics.json").read_text())["steps"]
-    assert T.MIX is T.RECIPES["v1"]["mix"]  # train_lm's default is the shipped zoo's mix
+    recipe = T.RECIPES[T.DEFAULT_RECIPE]
+    ar_steps = int(recipe["steps"] * recipe["ar_fraction"])
+    for name in SHIPPED:  # the shipped zoo is the default recipe's, every model and seed
+        m = json.loads((WEIGHTS_DIR / name / "metrics.json").read_text())
+        assert m["lm_recipe"] == T.DEFAULT_RECIPE, name
+        assert m["mix"] == {k: list(v) for k, v in recipe["mix"].items()}
+        if name.startswith("toy-scratch"):
+            assert m["steps"] == recipe["steps"]
+        elif name.startswith("toy-ar2diff"):
+            assert (m["ar_steps"], m["diffusion_steps"]) == (ar_steps, recipe["steps"] - ar_steps)
+        else:
+            assert m["steps"] == ar_steps
+    assert T.MIX is recipe["mix"]  # train_lm's default is the shipped zoo's mix
     with pytest.raises(ValueError, match="unknown recipe 'v9'; choose one of: v1, v2, v3, v4, v5"):
         T.train_family("toy-scratch", recipe="v9")
     with pytest.raises(SystemExit):
