@@ -215,10 +215,10 @@ def test_until_truncates_and_temperature_is_honoured():
     greedy = lm.generate_until(_requests("t_long", {"max_new_tokens": 32, "temperature": 0, "do_sample": False}, 4))
     cut = lm.generate_until(_requests("t_long", {"max_new_tokens": 32, "until": [" ."]}, 4))
     assert cut == [g.split(" .")[0] for g in greedy] and all(" ." in g for g in greedy)
-    kw = {"max_new_tokens": 32, "temperature": 2.0, "do_sample": True}
+    kw = {"max_new_tokens": 32, "temperature": 20.0, "do_sample": True}
     hot = lm.generate_until(_requests("t_long", kw, 4))
     assert hot != greedy and hot == lm.generate_until(_requests("t_long", kw, 4))  # seeded
-    assert {r["temperature"] for r in lm.records[-8:]} == {2.0}
+    assert {r["temperature"] for r in lm.records[-8:]} == {20.0}
 
 
 def test_requests_the_model_cannot_serve_fail_clearly():
@@ -251,7 +251,8 @@ def test_loglikelihood_prefers_the_greedy_answer():
     words = ["yes", "no", "red", "2"]
     reqs = [_ll_request(d["question"], f" {w}", i, "t_short") for i, d in enumerate(docs) for w in [*words, greedy[i]]]
     out = lm.score_continuations(reqs)
-    assert [unwrap_generation_output(x)[0] for x in lm.loglikelihood(reqs[:2])] == out[:2]  # what lmms-eval reads
+    # what lmms-eval reads: the loss, -log p (multiple choice takes the argmin)
+    assert [unwrap_generation_output(x)[0] for x in lm.loglikelihood(reqs[:2])] == [(-ll, g) for ll, g in out[:2]]
     k = len(words) + 1
     for i in range(len(docs)):
         scores = out[i * k:(i + 1) * k]

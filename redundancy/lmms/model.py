@@ -263,8 +263,12 @@ class DMLLMRedundancy(lmms):
 
     # -- likelihood ---------------------------------------------------------------------------------
     def loglikelihood(self, requests: list[Instance]) -> list[Any]:
-        """:meth:`score_continuations` as lmms-eval reads it (see ``_WRAP_PAIRS``)."""
-        pairs = self.score_continuations(requests)
+        """:meth:`score_continuations` as lmms-eval reads it: (loss, is_greedy) with loss = -log p.
+
+        lmms-eval 0.7 expects a loss here, like its own models: multiple-choice tasks pick the
+        choice with the smallest value (``np.argmin``). Wrapped as described at ``_WRAP_PAIRS``.
+        """
+        pairs = [(-ll, greedy) for ll, greedy in self.score_continuations(requests)]
         return [GenerationResult(text=p) for p in pairs] if _WRAP_PAIRS else pairs
 
     @torch.no_grad()
