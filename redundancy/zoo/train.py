@@ -203,11 +203,8 @@ def short_indices(step: int, n: int, weights: dict[str, float]) -> list[int]:
     Question type ``q`` owns the indices ``i`` with ``i % 5 == QTYPES.index(q)``; step ``s`` takes the
     next ``counts[q]`` of them, so every index is used once and presence stays yes / no balanced.
     """
-    out = []
-    for qi, q in enumerate(QTYPES):
-        c = qtype_counts(n, weights)[q]
-        out += [len(QTYPES) * (step * c + j) + qi for j in range(c)]
-    return out
+    counts = qtype_counts(n, weights)
+    return [len(QTYPES) * (step * counts[q] + j) + qi for qi, q in enumerate(QTYPES) for j in range(counts[q])]
 
 
 def train_lm(
