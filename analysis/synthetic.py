@@ -41,7 +41,7 @@ __all__ = ["make_results", "make_tables", "paper_effect", "opposite_effect", "SA
 DEPTH = 4
 SAMPLER = {"kind": "diffusion", "strategy": "low_confidence", "steps": None, "tokens_per_step": 2, "block_length": None,
            "temperature": 0.0, "threshold": 0.9, "suppress_end": False, "prefix_cache": False, "seed": 0,
-           "schedule": "linear", "schedule_shift": 3.0}
+           "schedule": "linear", "schedule_shift": 3.0, "threshold_fallback": "one"}
 ANSWER = {"shapes_short": 4, "shapes_long": 32}
 METRIC = {"shapes_short": "exact_match", "shapes_long": "object_recall"}
 TASK_TYPE = {"shapes_short": "short", "shapes_long": "long"}

@@ -45,6 +45,7 @@ class SamplerConf:
     seed: int = 0
     schedule: str = "linear"  # tokens per step: linear | shift | cosine | logit_normal | dream
     schedule_shift: float = 3.0
+    threshold_fallback: str = "one"  # strategy threshold, nothing confident: one | schedule (Dimple's)
 
 
 @dataclass

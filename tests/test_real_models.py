@@ -270,6 +270,7 @@ def test_native_sampler_takes_the_models_generation_settings(ckpt, tmp_path):
                                                      "sampler=native", "task=shapes_long", "model.dtype=float32"])
         p = plan(c)
         assert p.sampler.config.strategy == "threshold" and p.sampler.config.threshold == 0.95
+        assert p.sampler.config.threshold_fallback == "schedule"
         c2 = compose(config_name="config", overrides=["model=toy-scratch", "sampler=native"])
         with pytest.raises(ValueError, match="model.generation.short"):
             plan(c2)

@@ -10,6 +10,7 @@ from redundancy.sampling import (
     AutoregressiveSampler,
     DiffusionSampler,
     SamplerConfig,
+    fallback_count,
     transfer_counts,
 )
 from tests.conftest import QUESTIONS, images
@@ -156,6 +157,65 @@ def test_threshold_commits_all_confident_at_least_one():
     assert traj.n_forward == 3
 
 
+def test_threshold_dimple_fallback_and_last_step():
+    # nothing confident: Dimple's fallback commits 1, 1, then the 2 left (its time grid), by confidence
+    src = Rigged(target=[5, 6, 7, 8], strength=[1.0, 4.0, 2.0, 3.0])
+    x = torch.full((1, 4), MASK)
+    traj = DiffusionSampler(strategy="threshold", threshold=0.9, steps=4, threshold_fallback="schedule").generate(
+        src, x, MASK)
+    assert order_of(traj) == [[1], [3], [0, 2]]
+    assert fallback_count(4, 4, 0, 4) == 1 and fallback_count(3, 4, 1, 4) == 1 and fallback_count(2, 4, 2, 4) == 2
+    # two confident slots pass first; the last of 2 steps commits everything left
+    src = Rigged(target=[5, 6, 7, 8], strength=[12.0, 1.0, 11.0, 2.0])
+    traj = DiffusionSampler(strategy="threshold", threshold=0.9, steps=2, threshold_fallback="schedule").generate(
+        src, x, MASK)
+    assert order_of(traj) == [[0, 2], [1, 3]]
+    assert traj.tokens.tolist() == [[5, 6, 7, 8]]
+
+
+def _dimple_reference(logits_of, L, steps, threshold):
+    """Dimple's confident decoding for one sequence, written from its description: the committed slot sets."""
+    t = torch.linspace(1, 1e-3, steps + 1)
+    x = torch.full((L,), MASK)
+    order = []
+    for i in range(steps):
+        masked = (x == MASK).nonzero().flatten()
+        if not len(masked):
+            break
+        probs = torch.softmax(logits_of(x)[masked], -1)
+        conf, tok = probs.max(-1)
+        chosen = torch.ones_like(conf, dtype=torch.bool) if i == steps - 1 else conf > threshold
+        if not chosen.any():
+            r = torch.tensor(len(masked) / L, dtype=torch.float32)
+            j = max(int((t < r).nonzero().min()), i + 1)
+            while True:
+                k = int(len(masked) * (1 - t[j] / r)) if j < steps else len(masked)
+                if k >= 1:
+                    break
+                j += 1
+            chosen[conf.topk(k).indices] = True
+        x[masked[chosen]] = tok[chosen]
+        order.append(sorted(masked[chosen].tolist()))
+    return order
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_threshold_dimple_matches_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    L, steps = 8, 8
+    table = torch.randn(L, V, generator=g) * 3
+    table[:, MASK] = -1e4  # never predict the mask itself
+
+    def logits_of(x):  # slot logits shift with the number of committed slots, as a model's would
+        return table + 0.7 * (x != MASK).sum()
+
+    want = _dimple_reference(logits_of, L, steps, 0.6)
+    traj = DiffusionSampler(strategy="threshold", threshold=0.6, steps=steps, threshold_fallback="schedule").generate(
+        lambda x, step: logits_of(x[0]).unsqueeze(0), torch.full((1, L), MASK), MASK)
+    assert order_of(traj) == want
+    assert sum(map(len, want)) == L
+
+
 def test_suppress_end_decides_content_first():
     # slots 2, 3 predict <end> very confidently; content slots 0, 1 are unsure
     src = Rigged(target=[5, 6, END, END], strength=[2.0, 3.0, 9.0, 9.0])
@@ -195,6 +255,10 @@ def test_autoregressive_left_to_right_and_stops():
         (dict(strategy="confident"), "unknown strategy 'confident'; choose one of: low_confidence"),
         (dict(schedule="exp"), "unknown schedule 'exp'; choose one of: linear, shift, cosine, logit_normal, dream"),
         (dict(schedule="shift", schedule_shift=0.0), "schedule_shift must be > 0, got 0.0"),
+        (dict(strategy="threshold", threshold_fallback="dimple"),
+         "unknown threshold_fallback 'dimple'; choose one of: one, schedule"),
+        (dict(strategy="threshold", threshold_fallback="schedule", steps=3, block_length=2),
+         "not divisible by the number of blocks 2"),
     ],
 )
 def test_bad_sampler_settings(kwargs, match):
@@ -222,6 +286,7 @@ def test_bad_settings_fail_before_compute(tiny):
         dict(strategy="topk_margin", block_length=2, steps=4),
         dict(strategy="entropy", suppress_end=True),
         dict(strategy="threshold", threshold=0.5),
+        dict(strategy="threshold", threshold=0.99, threshold_fallback="schedule", block_length=2, steps=4),
         dict(strategy="low_confidence", prefix_cache=True),
         dict(strategy="topk_margin", temperature=0.7, seed=2),
     ],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .autoregressive import AutoregressiveSampler
 from .diffusion import STRATEGIES, DiffusionSampler, SamplerConfig, StepRecord, Trajectory
-from .schedule import transfer_counts
+from .schedule import fallback_count, transfer_counts
 from .source import EngineSource
 
 SAMPLERS = ("diffusion", "autoregressive")
@@ -21,5 +21,5 @@ def make_sampler(kind: str = "diffusion", **kwargs):
 
 __all__ = [
     "AutoregressiveSampler", "DiffusionSampler", "SamplerConfig", "StepRecord", "Trajectory", "STRATEGIES",
-    "transfer_counts", "EngineSource", "make_sampler", "SAMPLERS",
+    "transfer_counts", "fallback_count", "EngineSource", "make_sampler", "SAMPLERS",
 ]

@@ -13,9 +13,10 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .schedule import SCHEDULES, transfer_counts
+from .schedule import SCHEDULES, fallback_count, transfer_counts
 
 STRATEGIES = ("low_confidence", "random", "topk_margin", "entropy", "threshold")
+THRESHOLD_FALLBACKS = ("one", "schedule")
 # confidences live in [-log V, 1]; this offset ranks every end/pad prediction below all content
 _SUPPRESS = 1.0e4
 
@@ -31,7 +32,10 @@ class SamplerConfig:
     for commitment; ``threshold`` for confident decoding; ``suppress_end`` holds the confidence of
     end / padding predictions below every content token; ``prefix_cache`` runs the prompt once;
     ``schedule`` how many tokens each step of a block commits (:mod:`.schedule`: ``linear`` is
-    LLaDA's even split, ``shift`` LaViDa's, with ``schedule_shift``).
+    LLaDA's even split, ``shift`` LaViDa's, with ``schedule_shift``); ``threshold_fallback`` what
+    confident decoding commits when no slot reaches the threshold: ``one`` the most confident slot
+    (and it ignores ``steps``), ``schedule`` Dimple's rule (a strict ``>`` threshold, a fallback count
+    from :func:`.schedule.fallback_count`, everything left at the block's last step).
     """
 
     strategy: str = "low_confidence"
@@ -45,6 +49,7 @@ class SamplerConfig:
     seed: int = 0
     schedule: str = "linear"
     schedule_shift: float = 3.0
+    threshold_fallback: str = "one"
 
     def resolve(self, answer_length: int) -> tuple[int, int, int]:
         """Validate against an answer length; return (steps, block_length, n_blocks)."""
@@ -63,7 +68,11 @@ class SamplerConfig:
                 f"block_length {block} must be >= 1 and divide the answer length {answer_length}"
             )
         n_blocks = answer_length // block
-        if self.strategy != "threshold" and steps % n_blocks:
+        if self.threshold_fallback not in THRESHOLD_FALLBACKS:
+            raise ValueError(f"unknown threshold_fallback {self.threshold_fallback!r}; "
+                             f"choose one of: {', '.join(THRESHOLD_FALLBACKS)}")
+        stepped = self.strategy != "threshold" or self.threshold_fallback == "schedule"
+        if stepped and steps % n_blocks:
             raise ValueError(f"steps {steps} is not divisible by the number of blocks {n_blocks}")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
@@ -161,15 +170,16 @@ class DiffusionSampler:
             lo, hi = b * block, (b + 1) * block
             in_block = torch.zeros(L, dtype=torch.bool, device=x.device)
             in_block[lo:hi] = True
-            if cfg.strategy == "threshold":
-                plan = None
-            else:
-                n_masked = int((x[:, lo:hi] == mask_id).sum(1).max())
-                plan = transfer_counts(n_masked, steps // n_blocks, cfg.schedule, cfg.schedule_shift)
+            n_steps = steps // n_blocks
+            n_total = (x[:, lo:hi] == mask_id).sum(1)
+            plan = None
+            if cfg.strategy != "threshold":
+                plan = transfer_counts(int(n_total.max()), n_steps, cfg.schedule, cfg.schedule_shift)
+            dimple = cfg.strategy == "threshold" and cfg.threshold_fallback == "schedule"
             s = 0
             while True:
                 masked = (x == mask_id) & in_block
-                if not bool(masked.any()) or (plan is not None and s >= len(plan)):
+                if not bool(masked.any()) or ((plan is not None or dimple) and s >= n_steps):
                     break
                 logits = source(x, g)
                 traj.n_forward += 1
@@ -181,10 +191,20 @@ class DiffusionSampler:
                 commit = torch.zeros_like(masked)
                 if plan is None:
                     p = torch.softmax(logits.float(), -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-                    commit = masked & (p >= cfg.threshold)
-                    best = conf.argmax(1)
-                    rows = masked.any(1)
-                    commit[rows, best[rows]] = True
+                    if not dimple:  # at least the single most confident slot
+                        commit = masked & (p >= cfg.threshold)
+                        best = conf.argmax(1)
+                        rows = masked.any(1)
+                        commit[rows, best[rows]] = True
+                    elif s == n_steps - 1:  # Dimple commits everything at the last step
+                        commit = masked.clone()
+                    else:
+                        commit = masked & (p > cfg.threshold)
+                        for r in range(x.shape[0]):
+                            m = int(masked[r].sum())
+                            if m and not bool(commit[r].any()):
+                                k = fallback_count(m, int(n_total[r]), s, n_steps)
+                                commit[r, conf[r].topk(k).indices] = True
                 else:
                     k = plan[s]
                     for r in range(x.shape[0]):

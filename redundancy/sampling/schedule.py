@@ -9,6 +9,9 @@ one), and the order is reversed, so a concave ``sigma`` commits few tokens first
 ``dream`` is Dream's rule (also Dimple's ``dream`` pipeline): on ``t = linspace(1, 1e-3, steps + 1)``
 step ``i`` commits ``int(m * (1 - t[i+1] / t[i]))`` of the ``m`` tokens still masked, and the last step
 all that remain; the truncation makes it uneven (it can even commit nothing at the first step).
+
+:func:`fallback_count` is Dimple's fallback for confident decoding (``threshold_fallback: schedule``):
+when no token passes the threshold, it walks the same Dream time grid from the current mask ratio.
 """
 
 from __future__ import annotations
@@ -67,3 +70,31 @@ def transfer_counts(n_masked: int, steps: int, schedule: str = "linear", shift: 
             excess -= 1
         j += 1
     return counts[::-1]
+
+
+def fallback_count(n_masked: int, n_total: int, step: int, steps: int) -> int:
+    """Tokens Dimple's confident decoding commits at ``step`` when no token passes the threshold.
+
+    ``n_masked`` of the block's ``n_total`` answer tokens are still masked. On the grid
+    ``t = linspace(1, 1e-3, steps + 1)``, the current ratio ``r = n_masked / n_total`` plays the
+    time: the first grid point ``s`` below ``r`` and after ``step`` that yields
+    ``int(n_masked * (1 - s / r)) >= 1`` gives the count; the grid's last point commits all.
+
+    >>> [fallback_count(m, 4, i, 4) for i, m in enumerate((4, 3, 2))]
+    [1, 1, 2]
+    """
+    if not 1 <= n_masked <= n_total:
+        raise ValueError(f"need 1 <= n_masked <= n_total, got {n_masked} of {n_total}")
+    if not 0 <= step < steps:
+        raise ValueError(f"step must be in [0, {steps}), got {step}")
+    t = torch.linspace(1, DREAM_EPS, steps + 1)  # float32, as Dimple computes it
+    ratio = torch.tensor(n_masked / n_total, dtype=torch.float32)
+    below = (t < ratio).nonzero()
+    start = max(int(below.min()) if below.numel() else steps, step + 1)
+    for j in range(start, steps + 1):
+        if j == steps:
+            return n_masked
+        k = int(n_masked * (1 - t[j] / ratio))
+        if k >= 1:
+            return k
+    return n_masked
