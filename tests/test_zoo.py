@@ -91,6 +91,62 @@ def test_short_indices_follow_the_shares_and_never_repeat():
     assert answers.count("yes") == answers.count("no") == 9  # presence stays balanced
 
 
+def _question(qtype, question, answer, objects):
+    from redundancy.tasks.shapes import Sample, Scene, SceneObject
+
+    scene = Scene(tuple(SceneObject(s, c, cell // 3, cell % 3) for s, c, cell in objects))
+    return Sample("x", "shapes_short", "train", 0, qtype, question, answer, scene, 0)
+
+
+def test_needs_both_attributes_on_hand_built_scenes():
+    two = [("square", "red", 0), ("circle", "blue", 4)]
+    where = "where is the red square ?"
+    assert not T.needs_both_attributes(_question("position", where, "top-left", two))  # the only square, red
+    assert T.needs_both_attributes(_question("position", where, "top-left", two + [("square", "green", 8)]))
+    assert T.needs_both_attributes(_question("position", where, "top-left", two + [("diamond", "red", 8)]))
+    assert T.needs_both_attributes(_question("presence", "is there a red circle ?", "no", two))  # red and circle
+    assert not T.needs_both_attributes(_question("presence", "is there a red diamond ?", "no", two))
+    assert not T.needs_both_attributes(_question("presence", "is there a green square ?", "no", two))
+    assert T.needs_both_attributes(_question("presence", "is there a red square ?", "yes", two))
+    assert T.needs_both_attributes(_question("colour", "what colour is the circle ?", "blue", two))
+
+
+def test_short_stream_hard_questions_balanced_and_never_repeated():
+    from redundancy.tasks.shapes import make_sample
+
+    uniform = {q: 1 for q in T.QTYPES}
+    plain = T.ShortStream(48, T.RECIPES["v4"]["qtypes"], seed=0)
+    assert all(plain.indices(k) == T.short_indices(k, 48, T.RECIPES["v4"]["qtypes"]) for k in range(10))
+    for seed in (0, 2):
+        hard, seen, yes = T.ShortStream(48, uniform, seed=seed, hard=True), set(), 0
+        for step in range(12):
+            idx = hard.indices(step)
+            assert len(idx) == 48 and not seen & set(idx)
+            seen |= set(idx)
+            samples = [make_sample("shapes_short", "train", i, seed) for i in idx]
+            assert {q: sum(s.qtype == q for s in samples) for q in T.QTYPES} == T.qtype_counts(48, uniform)
+            assert all(T.needs_both_attributes(s) for s in samples)
+            presence = [s.answer for s in samples if s.qtype == "presence"]
+            yes += presence.count("yes") - presence.count("no")
+            assert abs(yes) <= 1  # 10 presence questions per step: 5 yes, 5 no
+        assert T.RECIPES["v6"]["hard"] is True
+
+
+def test_train_family_applies_the_recipe_and_prints_progress(tmp_path, capsys):
+    small = {**SMALL, "image_size": 72}  # the scenes' own size: no resampling
+    T.train_vision(steps=1, batch=4, out=tmp_path / "_vision", **small)
+    res = T.train_family("toy-scratch", steps=2, root=tmp_path, n_eval=(5, 2), recipe="v7", eval_every=1, **small)
+    m = res["toy-scratch"]
+    assert (m["lm_recipe"], m["hard"], m["config"], m["steps"]) == ("v7", True, {"visual_positions": True}, 2)
+    cfg = json.loads((tmp_path / "toy-scratch" / "config.json").read_text())
+    assert cfg["visual_positions"] is True and cfg["hidden"] == SMALL["hidden"]
+    rows = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert [(r["model"], r["step"]) for r in rows] == [("toy-scratch", 1), ("toy-scratch", 2)]
+    assert set(rows[0]) == {"model", "step", *T.QTYPES} and all(0 <= rows[0][q] <= 1 for q in T.QTYPES)
+    with pytest.raises(ValueError, match="eval_every must be >= 1, got -1"):
+        T.ProgressEval(-1)
+
+
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_weights_load_by_name(name):
     model = load_model(name)
@@ -146,7 +202,7 @@ def test_recipes_and_their_errors(capsys):
         else:
             assert m["steps"] == ar_steps
     assert T.MIX is recipe["mix"]  # train_lm's default is the shipped zoo's mix
-    with pytest.raises(ValueError, match="unknown recipe 'v9'; choose one of: v1, v2, v3, v4, v5"):
+    with pytest.raises(ValueError, match="unknown recipe 'v9'; choose one of: v1, v2, v3, v4, v5, v6, v7"):
         T.train_family("toy-scratch", recipe="v9")
     with pytest.raises(SystemExit):
         T.main(["toy-scratch", "--recipe", "v9"])

@@ -30,7 +30,7 @@ from ..models.registry import WEIGHTS_DIR
 from ..models.toy import ToyConfig, ToyDMLLM
 from ..tasks import ANSWER_LENGTH, VOCAB, generate_batch
 from ..tasks.scoring import SHORT_TASK
-from ..tasks.shapes import COLOUR_NAMES, N_CELLS, PATCH_CELL, QTYPES, SHAPES
+from ..tasks.shapes import COLOUR_NAMES, N_CELLS, PATCH_CELL, QTYPES, SHAPES, Sample, make_sample
 from .evaluate import evaluate
 
 VISION_DIR = WEIGHTS_DIR / "_vision"
@@ -178,6 +178,10 @@ RECIPES: dict[str, dict] = {
            "attn": "eager", "qtypes": {"count": 1, "colour": 1, "presence": 3, "position": 2, "shape": 1}},
     "v5": {"steps": 4500, "ar_fraction": 1 / 3, "mix": {"shapes_short": (48, 2.0), "shapes_long": (16, 1.0)},
            "attn": "eager"},
+    "v6": {"steps": 4500, "ar_fraction": 1 / 3, "mix": {"shapes_short": (48, 2.0), "shapes_long": (16, 1.0)},
+           "attn": "eager", "hard": True},
+    "v7": {"steps": 4500, "ar_fraction": 1 / 3, "mix": {"shapes_short": (48, 2.0), "shapes_long": (16, 1.0)},
+           "attn": "eager", "hard": True, "config": {"visual_positions": True}},
 }
 DEFAULT_RECIPE = "v5"  # made the shipped zoo
 MIX = RECIPES[DEFAULT_RECIPE]["mix"]  # train_lm's default
@@ -207,10 +211,79 @@ def short_indices(step: int, n: int, weights: dict[str, float]) -> list[int]:
     return [len(QTYPES) * (step * counts[q] + j) + qi for qi, q in enumerate(QTYPES) for j in range(counts[q])]
 
 
+def needs_both_attributes(sample: Sample) -> bool:
+    """Whether a short question naming a colour and a shape cannot be answered from one of them.
+
+    Position: another object shares the colour or the shape of the one asked about. Presence "no":
+    the scene has the colour and the shape, on different objects. Every other question counts as hard.
+    """
+    words = sample.question.split()
+    objs = sample.scene.objects
+    if sample.qtype == "position":
+        colour, shape = words[3], words[4]
+        return any((o.colour == colour) != (o.shape == shape) for o in objs)
+    if sample.qtype == "presence" and sample.answer == "no":
+        colour, shape = words[3], words[4]
+        return any(o.colour == colour for o in objs) and any(o.shape == shape for o in objs)
+    return True
+
+
+class ShortStream:
+    """Train-split indices of the short questions of each step, one index stream per question type.
+
+    Question type ``q`` owns the indices ``i`` with ``i % 5 == QTYPES.index(q)``, split over the types
+    by ``weights`` (:func:`qtype_counts`); every index is used at most once. With ``hard``, position
+    questions and presence "no" questions are drawn only where :func:`needs_both_attributes` holds,
+    and presence keeps one yes / no stream each, so it stays balanced. Without ``hard`` this gives
+    the same indices as :func:`short_indices`.
+    """
+
+    def __init__(self, n: int, weights: dict[str, float], seed: int = 0, hard: bool = False):
+        self.counts = qtype_counts(n, weights)
+        self.seed, self.hard = seed, hard
+        self._kept: dict[str, list[int]] = {}
+        self._next: dict[str, int] = {}
+
+    def _keep(self, stream: str, index: int) -> bool:
+        if not self.hard:
+            return True
+        if stream == "presence/yes":
+            return (index // len(QTYPES)) % 2 == 0
+        if stream == "presence/no":
+            return (index // len(QTYPES)) % 2 == 1 and needs_both_attributes(
+                make_sample(SHORT_TASK, "train", index, self.seed))
+        if stream == "position":
+            return needs_both_attributes(make_sample(SHORT_TASK, "train", index, self.seed))
+        return True
+
+    def _take(self, stream: str, lo: int, hi: int) -> list[int]:
+        qi = QTYPES.index(stream.split("/")[0])
+        kept = self._kept.setdefault(stream, [])
+        while len(kept) < hi:
+            j = self._next.get(stream, 0)
+            self._next[stream] = j + 1
+            if self._keep(stream, len(QTYPES) * j + qi):
+                kept.append(len(QTYPES) * j + qi)
+        return kept[lo:hi]
+
+    def indices(self, step: int) -> list[int]:
+        out: list[int] = []
+        for q in QTYPES:
+            c = self.counts[q]
+            if not self.hard or q not in ("presence", "position"):
+                out += self._take(q, step * c, (step + 1) * c)
+            elif q == "presence":  # ceil for yes, floor for no: balanced over steps
+                out += self._take("presence/yes", -(-step * c // 2), -(-(step + 1) * c // 2))
+                out += self._take("presence/no", step * c // 2, (step + 1) * c // 2)
+            else:
+                out += self._take(q, step * c, (step + 1) * c)
+        return out
+
+
 def train_lm(
     model: ToyDMLLM, steps: int, objective: str, seed: int, batch: int | None = None, lr: float = 3e-3,
     desc: str = "", offset: int = 0, log: list | None = None, fixed_batch: bool = False, mix: dict | None = None,
-    on_step=None, attn: str = "sdpa", qtypes: dict[str, float] | None = None,
+    on_step=None, attn: str = "sdpa", qtypes: dict[str, float] | None = None, hard: bool = False,
 ) -> float:
     """Train projector + decoder (vision frozen) on mixed short + long batches; return seconds.
 
@@ -224,6 +297,9 @@ def train_lm(
     if batch is not None:
         mix = {task: (batch, w) for task, (_, w) in mix.items()}
     stride = max(n for n, _ in mix.values())
+    stream = None
+    if hard or qtypes:
+        stream = ShortStream(mix[SHORT_TASK][0], qtypes or {q: 1 for q in QTYPES}, seed, hard)
     params = [p for n, p in model.named_parameters() if not n.startswith("vision.")]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     sched = _schedule(opt, steps, 50)
@@ -238,7 +314,7 @@ def train_lm(
         k = offset if fixed_batch else offset + step
         lo = k * stride
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = sum(w * _loss(model, task, short_indices(k, n, qtypes) if qtypes and task == SHORT_TASK
+            loss = sum(w * _loss(model, task, stream.indices(k) if stream and task == SHORT_TASK
                                  else range(lo, lo + n), seed, objective, gen)
                        for task, (n, w) in mix.items())
         opt.zero_grad()
@@ -261,6 +337,28 @@ def train_lm(
     return time.time() - t0
 
 
+class ProgressEval:
+    """``on_step`` callback: held-out short-answer accuracy per question type every ``every`` steps.
+
+    Each evaluation prints one JSON line; ``seconds`` is the time spent evaluating (not training).
+    """
+
+    def __init__(self, every: int, n: int = 250):
+        if every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {every}")
+        self.every, self.n, self.seconds = every, n, 0.0
+
+    def __call__(self, step: int, model: ToyDMLLM) -> None:
+        if (step + 1) % self.every:
+            return
+        t0 = time.time()
+        r = evaluate(model, SHORT_TASK, n=self.n)
+        row = {"model": model.name, "step": step + 1,
+               **{k.split("/")[-1]: round(v, 3) for k, v in r.items() if k.startswith("exact_match/")}}
+        tqdm.write(json.dumps(row), file=sys.stderr)
+        self.seconds += time.time() - t0
+
+
 def quality(model: ToyDMLLM, n_short: int = 250, n_long: int = 100) -> dict:
     """Held-out test metrics with the default sampler, and the same with no visual tokens."""
     out = {}
@@ -274,30 +372,43 @@ def quality(model: ToyDMLLM, n_short: int = 250, n_long: int = 100) -> dict:
 
 def train_family(target: str, seed: int = 0, steps: int | None = None, ar_fraction: float | None = None,
                  root: Path = WEIGHTS_DIR, n_eval: tuple[int, int] = (250, 100), recipe: str = DEFAULT_RECIPE,
-                 **overrides) -> dict:
+                 eval_every: int = 0, **overrides) -> dict:
     """Train ``toy-scratch`` or ``toy-ar2diff`` (+ ``toy-ar``) with the shared vision tower.
 
-    ``recipe`` names an entry of :data:`RECIPES` (its step count and AR share unless given).
+    ``recipe`` names an entry of :data:`RECIPES` (its step count and AR share unless given; its
+    ``config`` changes the architecture, as do ``overrides``). ``eval_every > 0`` prints the held-out
+    short-answer accuracy per question type every that many steps (it does not change the training).
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
     steps = steps or RECIPES[recipe]["steps"]
     ar_fraction = RECIPES[recipe]["ar_fraction"] if ar_fraction is None else ar_fraction
     mix = RECIPES[recipe]["mix"]
-    opts = {"mix": mix, "attn": RECIPES[recipe].get("attn", "sdpa"), "qtypes": RECIPES[recipe].get("qtypes")}
+    opts = {"mix": mix, "attn": RECIPES[recipe].get("attn", "sdpa"), "qtypes": RECIPES[recipe].get("qtypes"),
+            "hard": RECIPES[recipe].get("hard", False)}
+    progress = ProgressEval(eval_every, n_eval[0]) if eval_every else None
+    if progress is not None:
+        opts["on_step"] = progress
+
+    def fit(*args, **kwargs) -> float:  # training seconds, without the progress evaluations
+        spent = progress.seconds if progress else 0.0
+        secs = train_lm(*args, **kwargs, **opts)
+        return secs - ((progress.seconds if progress else 0.0) - spent)
+
+    overrides = {**RECIPES[recipe].get("config", {}), **overrides}
     suffix = "" if seed == 0 else f"@{seed}"
     torch.manual_seed(1000 + seed)
     vision_dir = root / "_vision" if (root / "_vision" / "vision.safetensors").is_file() else VISION_DIR
     vm = vision_dir / "metrics.json"
     common = {"data_seed": seed, "init_seed": 1000 + seed, "git_revision": _git_revision(),
               **({} if recipe == "v1" else {"lm_recipe": recipe, "mix": {k: list(v) for k, v in mix.items()},
-                                            **{k: RECIPES[recipe][k] for k in ("attn", "qtypes")
+                                            **{k: RECIPES[recipe][k] for k in ("attn", "qtypes", "hard", "config")
                                                if k in RECIPES[recipe]}}),
               "vision": json.loads(vm.read_text()) if vm.is_file() else None}
     if target == "toy-scratch":
         model = ToyDMLLM(base_config("llama", "from_scratch", 0, **overrides), name=target + suffix)
         load_vision(model, vision_dir)
-        secs = train_lm(model, steps, "diffusion", seed, desc=target + suffix, **opts)
+        secs = fit(model, steps, "diffusion", seed, desc=target + suffix)
         metrics = {**common, "recipe": "masked diffusion from random init (LLaDA)", "steps": steps,
                    "train_seconds": round(secs, 1), **quality(model, *n_eval)}
         model.save_pretrained(root / (target + suffix), metrics)
@@ -306,7 +417,7 @@ def train_family(target: str, seed: int = 0, steps: int | None = None, ar_fracti
         model = ToyDMLLM(base_config("qwen2", "autoregressive", 1, **overrides), name="toy-ar" + suffix)
         load_vision(model, vision_dir)
         ar_steps = int(steps * ar_fraction)
-        secs_ar = train_lm(model, ar_steps, "ar", seed, desc="toy-ar" + suffix, **opts)
+        secs_ar = fit(model, ar_steps, "ar", seed, desc="toy-ar" + suffix)
         results = {}
         ar_metrics = {**common, "recipe": "autoregressive next-token (causal)", "steps": ar_steps,
                       "train_seconds": round(secs_ar, 1), **quality(model, *n_eval)}
@@ -316,8 +427,7 @@ def train_family(target: str, seed: int = 0, steps: int | None = None, ar_fracti
         model.config.family = "ar_to_diffusion"
         model.family = "ar_to_diffusion"
         model.name = target + suffix
-        secs_d = train_lm(model, steps - ar_steps, "diffusion", seed, desc=target + suffix, offset=ar_steps,
-                          **opts)
+        secs_d = fit(model, steps - ar_steps, "diffusion", seed, desc=target + suffix, offset=ar_steps)
         metrics = {**common, "recipe": "AR phase then masked-diffusion adaptation (Dream)", "ar_steps": ar_steps,
                    "diffusion_steps": steps - ar_steps, "train_seconds": round(secs_ar + secs_d, 1),
                    **quality(model, *n_eval)}
@@ -337,18 +447,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=None,
                     help="zoo folder to write to (default: the package's); its _vision/ tower is used when present")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--eval-every", type=int, default=0, metavar="N",
+                    help="print held-out short-answer accuracy per question type every N steps (default: never)")
     args = ap.parse_args(argv)
     if args.target not in TARGETS:
         ap.error(f"unknown zoo target {args.target!r}; choose one of: {', '.join(TARGETS)}")
     if args.recipe not in RECIPES:
         ap.error(f"unknown recipe {args.recipe!r}; choose one of: {', '.join(RECIPES)}")
+    if args.eval_every < 0:
+        ap.error(f"--eval-every must be >= 0, got {args.eval_every}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.target == "vision":
         res = train_vision(steps=args.steps or 400, seed=args.seed, out=(args.out or WEIGHTS_DIR) / "_vision")
     else:
         res = train_family(args.target, seed=args.seed, steps=args.steps, recipe=args.recipe,
-                           root=args.out or WEIGHTS_DIR)
+                           root=args.out or WEIGHTS_DIR, eval_every=args.eval_every)
     print(json.dumps(res, indent=1))
 
 
