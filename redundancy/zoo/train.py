@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -129,11 +130,38 @@ def _answer_ids(model: ToyDMLLM, answers: list[str], L: int) -> torch.Tensor:
     return out
 
 
+#: a training-only question set (not part of the benchmark): lookups keyed by a colour alone,
+#: "where is the red shape ?" (a colour held by one object) and "is there a red shape ?" (yes / no
+#: alternating), on train scenes drawn from their own index range.
+COLOUR_LOOKUP = "colour_lookup"
+COLOUR_LOOKUP_OFFSET = 10_000_000
+
+
+def colour_lookup_batch(indices: Sequence[int], seed: int = 0):
+    """A batch of :data:`COLOUR_LOOKUP` questions on the train scenes of ``indices`` (+ the offset)."""
+    b = generate_batch(SHORT_TASK, "train", [COLOUR_LOOKUP_OFFSET + int(i) for i in indices], seed=seed)
+    for k, (i, s) in enumerate(zip(indices, b.samples)):
+        colours = [o.colour for o in s.scene.objects]
+        unique = [o for o in s.scene.objects if colours.count(o.colour) == 1]
+        rng = np.random.default_rng((seed, 7, int(i)))
+        if i % 2 == 0 and unique:
+            o = unique[int(rng.integers(len(unique)))]
+            b.questions[k], b.answers[k] = f"where is the {o.colour} shape ?", o.cell_word
+        elif (i // 2) % 2 == 0:
+            b.questions[k], b.answers[k] = f"is there a {colours[int(rng.integers(len(colours)))]} shape ?", "yes"
+        else:
+            absent = [c for c in COLOUR_NAMES if c not in colours]
+            b.questions[k], b.answers[k] = f"is there a {absent[int(rng.integers(len(absent)))]} shape ?", "no"
+    return b
+
+
 def _loss(model: ToyDMLLM, task: str, indices: Sequence[int], seed: int, objective: str,
           gen: torch.Generator) -> torch.Tensor:
     """Masked-diffusion (``diffusion``) or next-token (``ar``) loss on one task-type batch."""
-    L = ANSWER_LENGTH[task]
-    b = generate_batch(task, "train", indices, seed=seed)
+    if task == COLOUR_LOOKUP:
+        L, b = ANSWER_LENGTH[SHORT_TASK], colour_lookup_batch(indices, seed)
+    else:
+        L, b = ANSWER_LENGTH[task], generate_batch(task, "train", indices, seed=seed)
     with torch.no_grad():
         vis = model.vision_features(model.pixels_from_uint8(b.images))
     prompt = model.build_prompt([None] * len(b), b.questions, L, visual_embeds=model.project(vis))
@@ -182,6 +210,9 @@ RECIPES: dict[str, dict] = {
            "attn": "eager", "hard": True},
     "v7": {"steps": 4500, "ar_fraction": 1 / 3, "mix": {"shapes_short": (48, 2.0), "shapes_long": (16, 1.0)},
            "attn": "eager", "hard": True, "config": {"visual_positions": True}},
+    "v8": {"steps": 4500, "ar_fraction": 1 / 3,
+           "mix": {"shapes_short": (48, 2.0), COLOUR_LOOKUP: (8, 2.0), "shapes_long": (16, 1.0)},
+           "attn": "eager", "hard": True},
 }
 DEFAULT_RECIPE = "v5"  # made the shipped zoo
 MIX = RECIPES[DEFAULT_RECIPE]["mix"]  # train_lm's default
