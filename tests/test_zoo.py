@@ -132,6 +132,34 @@ def test_short_stream_hard_questions_balanced_and_never_repeated():
         assert T.RECIPES["v6"]["hard"] is True
 
 
+def test_colour_lookup_questions_are_answered_by_the_scene():
+    b = T.colour_lookup_batch(range(60), seed=1)
+    kinds = {"where": 0, "yes": 0, "no": 0}
+    for q, a, s in zip(b.questions, b.answers, b.samples):
+        words = q.split()
+        colours = [o.colour for o in s.scene.objects]
+        assert words[-2:] == ["shape", "?"] and words[-3] in T.COLOUR_NAMES
+        if words[0] == "where":
+            assert colours.count(words[3]) == 1
+            assert a == next(o.cell_word for o in s.scene.objects if o.colour == words[3])
+            kinds["where"] += 1
+        else:
+            assert q.startswith("is there a ") and a == ("yes" if words[3] in colours else "no")
+            kinds[a] += 1
+    assert min(kinds.values()) >= 10 and abs(kinds["yes"] - kinds["no"]) <= 1
+    assert b.images.shape == (60, 72, 72, 3)
+    assert T.colour_lookup_batch([5], seed=1).questions == [b.questions[5]]  # per-index deterministic
+    # every scene gets a question, also one with all six colours (no colour is absent)
+    from redundancy.tasks.shapes import Scene, SceneObject, make_sample
+
+    rainbow = Scene(tuple(SceneObject("square", c, cell // 3, cell % 3) for cell, c in enumerate(T.COLOUR_NAMES)))
+    q, a = T.colour_lookup_question(rainbow, 3)  # a "no" turn, but no colour is absent: ask where
+    assert q.startswith("where is the ") and a == next(o.cell_word for o in rainbow.objects if o.colour == q.split()[3])
+    for i in range(3000):
+        q, a = T.colour_lookup_question(make_sample("shapes_short", "train", T.COLOUR_LOOKUP_OFFSET + i).scene, i)
+        assert a in ("yes", "no") or q.startswith("where")
+
+
 def test_train_family_applies_the_recipe_and_prints_progress(tmp_path, capsys):
     small = {**SMALL, "image_size": 72}  # the scenes' own size: no resampling
     T.train_vision(steps=1, batch=4, out=tmp_path / "_vision", **small)

@@ -137,21 +137,30 @@ COLOUR_LOOKUP = "colour_lookup"
 COLOUR_LOOKUP_OFFSET = 10_000_000
 
 
+def colour_lookup_question(scene, index: int, seed: int = 0) -> tuple[str, str]:
+    """(question, answer) of :data:`COLOUR_LOOKUP` number ``index`` about ``scene``.
+
+    Even indices ask where the object of a colour held by one object is, when there is one; the
+    others ask whether a colour is there, "yes" and "no" in turn ("where" when all six colours are).
+    """
+    colours = [o.colour for o in scene.objects]
+    unique = [o for o in scene.objects if colours.count(o.colour) == 1]
+    absent = [c for c in COLOUR_NAMES if c not in colours]
+    rng = np.random.default_rng((seed, 7, int(index)))
+    yes = (index // 2) % 2 == 0
+    if (index % 2 == 0 and unique) or (not yes and not absent):
+        o = unique[int(rng.integers(len(unique)))]
+        return f"where is the {o.colour} shape ?", o.cell_word
+    if yes:
+        return f"is there a {colours[int(rng.integers(len(colours)))]} shape ?", "yes"
+    return f"is there a {absent[int(rng.integers(len(absent)))]} shape ?", "no"
+
+
 def colour_lookup_batch(indices: Sequence[int], seed: int = 0):
     """A batch of :data:`COLOUR_LOOKUP` questions on the train scenes of ``indices`` (+ the offset)."""
     b = generate_batch(SHORT_TASK, "train", [COLOUR_LOOKUP_OFFSET + int(i) for i in indices], seed=seed)
     for k, (i, s) in enumerate(zip(indices, b.samples)):
-        colours = [o.colour for o in s.scene.objects]
-        unique = [o for o in s.scene.objects if colours.count(o.colour) == 1]
-        rng = np.random.default_rng((seed, 7, int(i)))
-        if i % 2 == 0 and unique:
-            o = unique[int(rng.integers(len(unique)))]
-            b.questions[k], b.answers[k] = f"where is the {o.colour} shape ?", o.cell_word
-        elif (i // 2) % 2 == 0:
-            b.questions[k], b.answers[k] = f"is there a {colours[int(rng.integers(len(colours)))]} shape ?", "yes"
-        else:
-            absent = [c for c in COLOUR_NAMES if c not in colours]
-            b.questions[k], b.answers[k] = f"is there a {absent[int(rng.integers(len(absent)))]} shape ?", "no"
+        b.questions[k], b.answers[k] = colour_lookup_question(s.scene, i, seed)
     return b
 
 
