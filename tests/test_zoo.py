@@ -160,14 +160,17 @@ def test_colour_lookup_questions_are_answered_by_the_scene():
         assert a in ("yes", "no") or q.startswith("where")
 
 
-def test_train_family_applies_the_recipe_and_prints_progress(tmp_path, capsys):
+@pytest.mark.parametrize("recipe", ["v7", "v8"])
+def test_train_family_applies_the_recipe_and_prints_progress(recipe, tmp_path, capsys):
     small = {**SMALL, "image_size": 72}  # the scenes' own size: no resampling
     T.train_vision(steps=1, batch=4, out=tmp_path / "_vision", **small)
-    res = T.train_family("toy-scratch", steps=2, root=tmp_path, n_eval=(5, 2), recipe="v7", eval_every=1, **small)
+    res = T.train_family("toy-scratch", steps=2, root=tmp_path, n_eval=(5, 2), recipe=recipe, eval_every=1, **small)
     m = res["toy-scratch"]
-    assert (m["lm_recipe"], m["hard"], m["config"], m["steps"]) == ("v7", True, {"visual_positions": True}, 2)
+    assert (m["lm_recipe"], m["hard"], m["steps"]) == (recipe, True, 2)
+    assert m["mix"] == {k: list(v) for k, v in T.RECIPES[recipe]["mix"].items()}
     cfg = json.loads((tmp_path / "toy-scratch" / "config.json").read_text())
-    assert cfg["visual_positions"] is True and cfg["hidden"] == SMALL["hidden"]
+    assert cfg["visual_positions"] is (recipe == "v7") and cfg["hidden"] == SMALL["hidden"]
+    assert m.get("config") == T.RECIPES[recipe].get("config")
     rows = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert [(r["model"], r["step"]) for r in rows] == [("toy-scratch", 1), ("toy-scratch", 2)]
     assert set(rows[0]) == {"model", "step", *T.QTYPES} and all(0 <= rows[0][q] <= 1 for q in T.QTYPES)
