@@ -310,9 +310,7 @@ class ShortStream:
         out: list[int] = []
         for q in QTYPES:
             c = self.counts[q]
-            if not self.hard or q not in ("presence", "position"):
-                out += self._take(q, step * c, (step + 1) * c)
-            elif q == "presence":  # ceil for yes, floor for no: balanced over steps
+            if self.hard and q == "presence":  # ceil for yes, floor for no: balanced over steps
                 out += self._take("presence/yes", -(-step * c // 2), -(-(step + 1) * c // 2))
                 out += self._take("presence/no", step * c // 2, (step + 1) * c // 2)
             else:
