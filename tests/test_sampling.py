@@ -98,6 +98,8 @@ def test_sampler_follows_the_schedule():
     blocks = DiffusionSampler(strategy="low_confidence", steps=8, block_length=8, schedule="shift").generate(
         Rigged(target=[4] * 16, strength=[1.0] * 16), x, MASK)
     assert [len(c) for c in order_of(blocks)] == [1, 1, 2, 4] * 2  # per block: 8 tokens over 4 steps
+    few = DiffusionSampler(steps=8, schedule="shift").generate(Rigged([4] * 3, [1.0] * 3), x[:, :3], MASK)
+    assert [len(c) for c in order_of(few)] == [1, 1, 1] and few.n_forward == 3  # more steps than tokens
 
 
 def test_low_confidence_commits_most_confident_first():

@@ -7,6 +7,7 @@ engine (with an optional prefix cache); tests may rig it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -176,10 +177,11 @@ class DiffusionSampler:
             if cfg.strategy != "threshold":
                 plan = transfer_counts(int(n_total.max()), n_steps, cfg.schedule, cfg.schedule_shift)
             dimple = cfg.strategy == "threshold" and cfg.threshold_fallback == "schedule"
+            limit = len(plan) if plan is not None else n_steps if dimple else math.inf
             s = 0
             while True:
                 masked = (x == mask_id) & in_block
-                if not bool(masked.any()) or ((plan is not None or dimple) and s >= n_steps):
+                if not bool(masked.any()) or s >= limit:
                     break
                 logits = source(x, g)
                 traj.n_forward += 1
