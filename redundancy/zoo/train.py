@@ -7,6 +7,8 @@
 3. ``toy-ar2diff``: Qwen2-shaped decoder trained autoregressively first (saved as ``toy-ar``), then
    adapted to masked diffusion with bidirectional attention and logits shifted by one (Dream recipe).
 Seed ``s > 0`` writes ``<name>@<s>``. Everything is seeded; the step counts are fixed.
+``--recipe`` picks a language-model recipe (:data:`RECIPES`); ``--eval-every N`` prints the
+held-out short-answer accuracy per question type every N steps.
 """
 
 from __future__ import annotations
@@ -206,7 +208,11 @@ def _loss(model: ToyDMLLM, task: str, indices: Sequence[int], seed: int, objecti
 #: under bf16 autocast). ``v4`` also gave presence and position a larger share of the short
 #: questions (``qtypes``: relative weights of the question types, default uniform) over 5000 steps,
 #: and learned less (presence 0.50, position 0.52, colour 0.66 on toy-scratch seed 0). ``v5`` is
-#: ``v3`` with eager attention and made the shipped zoo. The numbers of every variant are in the README.
+#: ``v3`` with eager attention and made the shipped zoo. ``v6`` keeps only the position and
+#: presence-"no" questions that need both the colour and the shape (``hard``; presence 0.60,
+#: position 0.84); ``v7`` adds a learned position table on the visual tokens (position 0.42);
+#: ``v8`` adds training-only colour-keyed questions (:data:`COLOUR_LOOKUP`; colour 0.54).
+#: The numbers of every variant are in the README.
 RECIPES: dict[str, dict] = {
     "v1": {"steps": 1200, "ar_fraction": 0.5, "mix": {"shapes_short": (32, 1.0), "shapes_long": (32, 1.0)}},
     "v2": {"steps": 3000, "ar_fraction": 0.5, "mix": {"shapes_short": (48, 2.0), "shapes_long": (16, 1.0)}},
