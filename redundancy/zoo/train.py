@@ -253,8 +253,7 @@ def short_indices(step: int, n: int, weights: dict[str, float]) -> list[int]:
     Question type ``q`` owns the indices ``i`` with ``i % 5 == QTYPES.index(q)``; step ``s`` takes the
     next ``counts[q]`` of them, so every index is used once and presence stays yes / no balanced.
     """
-    counts = qtype_counts(n, weights)
-    return [len(QTYPES) * (step * counts[q] + j) + qi for qi, q in enumerate(QTYPES) for j in range(counts[q])]
+    return ShortStream(n, weights).indices(step)
 
 
 def needs_both_attributes(sample: Sample) -> bool:
@@ -280,8 +279,8 @@ class ShortStream:
     Question type ``q`` owns the indices ``i`` with ``i % 5 == QTYPES.index(q)``, split over the types
     by ``weights`` (:func:`qtype_counts`); every index is used at most once. With ``hard``, position
     questions and presence "no" questions are drawn only where :func:`needs_both_attributes` holds,
-    and presence keeps one yes / no stream each, so it stays balanced. Without ``hard`` this gives
-    the same indices as :func:`short_indices`.
+    and presence keeps one yes / no stream each, so it stays balanced. Without ``hard`` the
+    indices follow in closed form (:func:`short_indices`).
     """
 
     def __init__(self, n: int, weights: dict[str, float], seed: int = 0, hard: bool = False):
@@ -291,8 +290,6 @@ class ShortStream:
         self._next: dict[str, int] = {}
 
     def _keep(self, stream: str, index: int) -> bool:
-        if not self.hard:
-            return True
         if stream == "presence/yes":
             return (index // len(QTYPES)) % 2 == 0
         if stream == "presence/no":
@@ -304,6 +301,8 @@ class ShortStream:
 
     def _take(self, stream: str, lo: int, hi: int) -> list[int]:
         qi = QTYPES.index(stream.split("/")[0])
+        if not self.hard or stream in ("count", "colour", "shape"):  # every index is kept
+            return [len(QTYPES) * j + qi for j in range(lo, hi)]
         kept = self._kept.setdefault(stream, [])
         while len(kept) < hi:
             j = self._next.get(stream, 0)
