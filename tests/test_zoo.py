@@ -233,8 +233,8 @@ def test_recipes_and_their_errors(capsys):
         else:
             assert m["steps"] == ar_steps
     assert T.MIX is recipe["mix"]  # train_lm's default is the shipped zoo's mix
-    with pytest.raises(ValueError, match="unknown recipe 'v9'; choose one of: v1, v2, v3, v4, v5, v6, v7, v8"):
-        T.train_family("toy-scratch", recipe="v9")
+    with pytest.raises(ValueError, match="unknown recipe 'v99'; choose one of: v1, v2, v3, v4, v5, v6, v7, v8, v9"):
+        T.train_family("toy-scratch", recipe="v99")
     with pytest.raises(SystemExit):
-        T.main(["toy-scratch", "--recipe", "v9"])
-    assert "unknown recipe 'v9'" in capsys.readouterr().err
+        T.main(["toy-scratch", "--recipe", "v99"])
+    assert "unknown recipe 'v99'" in capsys.readouterr().err
