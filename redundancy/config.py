@@ -46,6 +46,8 @@ class SamplerConf:
     schedule: str = "linear"  # tokens per step: linear | shift | cosine | logit_normal | dream
     schedule_shift: float = 3.0
     threshold_fallback: str = "one"  # strategy threshold, nothing confident: one | schedule (Dimple's)
+    confidence_eos_eot_inf: bool = False  # LLaDA's rule: confidences renormalised without EoT (and EOS at T=0)
+    stop_at_end: bool = False  # LLaDA-V's stopping criteria: decode only before the first committed end
 
 
 @dataclass

@@ -345,7 +345,7 @@ def test_real_checkpoint_with_a_policy_and_its_per_task_settings(tmp_path):
     import numpy as np
     import yaml
     from PIL import Image
-    from tinyckpt import write_checkpoint
+    from redundancy.testing.tinyckpt import write_checkpoint
 
     ckpt = write_checkpoint("llada-v", tmp_path / "llada-v")
     rng = np.random.RandomState(0)

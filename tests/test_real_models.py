@@ -17,7 +17,7 @@ from redundancy.models.real import MODELS, CheckpointError
 from redundancy.models.registry import load_model
 from redundancy.policies import make_policy
 from redundancy.sampling import DiffusionSampler, SamplerConfig
-from tinyckpt import LLADA_SPECIAL, QWEN_SPECIAL, reference_logits, reference_siglip_tile, write_checkpoint
+from redundancy.testing.tinyckpt import LLADA_SPECIAL, QWEN_SPECIAL, reference_logits, reference_siglip_tile, write_checkpoint
 
 QUESTIONS = ["what colour is it ?", "describe image"]
 
@@ -301,7 +301,7 @@ def test_mmada_encodes_images_with_the_users_magvit(ckpt, tmp_path):
 FAKE_NATIVE = '''
 import sys, types, torch
 sys.path.insert(0, {tests!r})
-from tinyckpt import reference_logits
+from redundancy.testing.tinyckpt import reference_logits
 
 
 class _Out:

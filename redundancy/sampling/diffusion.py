@@ -37,6 +37,13 @@ class SamplerConfig:
     confident decoding commits when no slot reaches the threshold: ``one`` the most confident slot
     (and it ignores ``steps``), ``schedule`` Dimple's rule (a strict ``>`` threshold, a fallback count
     from :func:`.schedule.fallback_count`, everything left at the block's last step).
+    ``confidence_eos_eot_inf`` is LLaDA's rule of that name (ML-GSAI/LLaDA ``generate.py`` 97-98): the
+    confidence softmax sees ``-inf`` at the end-of-turn id (the first end id) and, at temperature 0,
+    at the end-of-text id (the second end id), so every slot's confidence is renormalised without them.
+    ``stop_at_end`` is LLaDA-V's ``stopping_criteria=['<|eot_id|>']`` (LLaDA-V ``modeling_llada.py``
+    ``generate_with_embeds`` 1355-1480): once an end-of-turn token is committed, only the slots before
+    the first one are decoded, the block ends when they are all filled, later blocks are skipped and
+    the slots after it are filled with the end id.
     """
 
     strategy: str = "low_confidence"
@@ -51,6 +58,8 @@ class SamplerConfig:
     schedule: str = "linear"
     schedule_shift: float = 3.0
     threshold_fallback: str = "one"
+    confidence_eos_eot_inf: bool = False
+    stop_at_end: bool = False
 
     def resolve(self, answer_length: int) -> tuple[int, int, int]:
         """Validate against an answer length; return (steps, block_length, n_blocks)."""
@@ -166,6 +175,7 @@ class DiffusionSampler:
         x = x.clone()
         traj = Trajectory(tokens=x)
         end_t = torch.tensor(sorted(set(end_ids)), dtype=torch.long, device=x.device)
+        stop = None  # [batch] first committed end-of-turn slot (stop_at_end), L where none yet
         g = 0
         for b in range(n_blocks):
             lo, hi = b * block, (b + 1) * block
@@ -181,14 +191,24 @@ class DiffusionSampler:
             s = 0
             while True:
                 masked = (x == mask_id) & in_block
+                if stop is not None:
+                    masked = masked & (torch.arange(L, device=x.device) < stop.unsqueeze(1))
                 if not bool(masked.any()) or s >= limit:
                     break
                 logits = source(x, g)
                 traj.n_forward += 1
                 x0 = _propose(logits, cfg.temperature, gen)
-                conf = _confidence(cfg.strategy, logits, x0, gen)
+                conf_logits = logits
+                if cfg.confidence_eos_eot_inf and end_t.numel():
+                    conf_logits = logits.clone()
+                    conf_logits[..., int(end_ids[0])] = -torch.inf
+                    if cfg.temperature == 0 and len(end_ids) > 1:  # the noisy logits are the logits themselves
+                        conf_logits[..., int(end_ids[1])] = -torch.inf
+                conf = _confidence(cfg.strategy, conf_logits, x0, gen)
                 if cfg.suppress_end and end_t.numel():
                     conf = torch.where(torch.isin(x0, end_t), conf - _SUPPRESS, conf)
+                if stop is not None:  # LLaDA-V's stopping criteria: only the slots before the first end
+                    masked = masked & (torch.arange(L, device=x.device) < stop.unsqueeze(1))
                 conf = torch.where(masked, conf, torch.full_like(conf, -torch.inf))
                 commit = torch.zeros_like(masked)
                 if plan is None:
@@ -215,6 +235,9 @@ class DiffusionSampler:
                             commit[r, conf[r].topk(kr).indices] = True
                 x_before = x.clone()
                 x = torch.where(commit, x0, x)
+                if cfg.stop_at_end and len(end_ids):
+                    pos = torch.where(x == int(end_ids[0]), torch.arange(L, device=x.device), L).min(1).values
+                    stop = pos if stop is None else torch.minimum(stop, pos)
                 rec = StepRecord(
                     step=g, block=b, x_before=x_before, x_after=x.clone(), committed=commit,
                     confidence=torch.where(masked, conf, torch.full_like(conf, float("nan"))),
@@ -227,5 +250,8 @@ class DiffusionSampler:
                 traj.steps.append(rec)
                 g += 1
                 s += 1
+        if stop is not None:  # what the original returns ends before the stop; the slots after it hold the end id
+            after = torch.arange(L, device=x.device) > stop.unsqueeze(1)
+            x = torch.where(after, torch.full_like(x, int(end_ids[0])), x)
         traj.tokens = x
         return traj

@@ -12,13 +12,14 @@ from torch import Tensor
 from ..base import ImageLike, Prompt, TransformersDecoder
 from .checkpoint import CheckpointError, Weights, parse_dtype, read_config
 from .lm import load_lm
-from .text import HFTokenizer, load_hf_tokenizer
+from .text import HFTokenizer, load_hf_tokenizer, tokenizer_settings
 from .vision import LlavaVision, QwenVision, VisualTokens
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    """Everything model-specific: layout of the weights, vision front end, template and special tokens."""
+    """Everything model-specific, as a keyed table: layout of the weights, vision front end, template
+    and special tokens. Every field is given by keyword."""
 
     name: str
     repo: str  # the public checkpoint this format comes from
@@ -34,9 +35,17 @@ class ModelSpec:
     image_token: str | None = None  # id written at every visual position (None: pad)
     forbidden_tokens: tuple[str, ...] = ()  # never proposed at answer slots (LLaDA-V's sampler)
     ignore_prefixes: tuple[str, ...] = ()  # checkpoint keys the adapter does not read
+    #: how the text around the image is tokenised: ``plain`` (each side on its own) or ``llava``
+    #: (LLaVA's ``tokenizer_image_token``: :meth:`~.text.HFTokenizer.encode_around_image`)
+    prompt_chunks: str = "plain"
+
+    def __post_init__(self):
+        if self.prompt_chunks not in ("plain", "llava"):
+            raise ValueError(f"{self.name}: unknown prompt_chunks {self.prompt_chunks!r}; choose plain or llava")
 
 
-LLADA_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content that "
+#: LLaVA's system text (llava ``conversation.py``), used by LLaDA-V, LaViDa-LLaDA and LaViDa-Dream
+LLAVA_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content that "
                 "the user provides, and assist the user with a variety of tasks using natural language.")
 LLADA_TEMPLATE = ("<|startoftext|><|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>"
                   "<|start_header_id|>user<|end_header_id|>\n\n{image}\n{question}<|eot_id|>"
@@ -46,8 +55,10 @@ DREAM_TEMPLATE = ("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{im
                   "<|im_start|>assistant\n")
 DIMPLE_TEMPLATE = ("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<|vision_start|>{image}<|vision_end|>"
                    "{question}<|im_end|>\n<|im_start|>assistant\n")
-MMADA_TEMPLATE = ("<|mmu|><|soi|>{image}<|eoi|><|start_header_id|>user<|end_header_id|>\n{question}<|eot_id|>"
-                  "<|start_header_id|>assistant<|end_header_id|>\n")
+# MMaDA's MMU prompt (VLMEvalKit vlm/mmada/mmada.py 241-248 and utils.py 56; training/data.py): <|sot|> is the
+# tokenizer's BOS after <|eoi|>, and the user turn ends with the literal text "<eot_id>", not the special token
+MMADA_TEMPLATE = ("<|mmu|><|soi|>{image}<|eoi|><|startoftext|><|start_header_id|>user<|end_header_id|>\n{question}"
+                  "<eot_id><|start_header_id|>assistant<|end_header_id|>\n")
 
 LLADA_ENDS = ("<|eot_id|>", "<|endoftext|>")
 # LLaVA-style checkpoints keep the tower's post-norm and head (unused by the features) and an unused resampler
@@ -57,24 +68,29 @@ QWEN_ENDS = ("<|im_end|>", "<|endoftext|>")
 
 SPECS: dict[str, ModelSpec] = {
     "llada-v": ModelSpec(
-        "llada-v", "GSAI-ML/LLaDA-V", "llama", "llava", "from_scratch", 0, "<|mdm_mask|>", "<|endoftext|>",
-        LLADA_ENDS, LLADA_TEMPLATE, LLADA_SYSTEM,
+        name="llada-v", repo="GSAI-ML/LLaDA-V", layout="llama", vision="llava", family="from_scratch",
+        logit_shift=0, mask_token="<|mdm_mask|>", pad_token="<|endoftext|>", end_tokens=LLADA_ENDS,
+        template=LLADA_TEMPLATE, system=LLAVA_SYSTEM, prompt_chunks="llava",
         forbidden_tokens=("<|endoftext|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>"),
         ignore_prefixes=LLAVA_UNUSED),
     "lavida-llada": ModelSpec(
-        "lavida-llada", "jacklishufan/lavida-llada-v1.0-instruct", "olmo", "llava-pool", "from_scratch", 0,
-        "<|mdm_mask|>", "<|endoftext|>", LLADA_ENDS, LLADA_TEMPLATE, LLADA_SYSTEM,
+        name="lavida-llada", repo="jacklishufan/lavida-llada-v1.0-instruct", layout="olmo", vision="llava-pool",
+        family="from_scratch", logit_shift=0, mask_token="<|mdm_mask|>", pad_token="<|endoftext|>",
+        end_tokens=LLADA_ENDS, template=LLADA_TEMPLATE, system=LLAVA_SYSTEM, prompt_chunks="llava",
         ignore_prefixes=LLAVA_UNUSED),
     "lavida-dream": ModelSpec(
-        "lavida-dream", "jacklishufan/lavida-dream-v1.0-instruct", "qwen2", "llava-pool", "ar_to_diffusion", 1,
-        "<|mask|>", "<|endoftext|>", QWEN_ENDS, DREAM_TEMPLATE, QWEN_SYSTEM,
-        ignore_prefixes=LLAVA_UNUSED),
+        name="lavida-dream", repo="jacklishufan/lavida-dream-v1.0-instruct", layout="qwen2", vision="llava-pool",
+        family="ar_to_diffusion", logit_shift=1, mask_token="<|mask|>", pad_token="<|endoftext|>",
+        end_tokens=QWEN_ENDS, template=DREAM_TEMPLATE, system=LLAVA_SYSTEM, prompt_chunks="llava",
+        ignore_prefixes=LLAVA_UNUSED),  # conv_dream's system text is LLaVA's (LaViDa llava/conversation.py 479-490)
     "dimple": ModelSpec(
-        "dimple", "rp-yu/Dimple-7B", "qwen2", "qwen", "ar_to_diffusion", 1, "<|mask|>", "<|endoftext|>",
-        QWEN_ENDS, DIMPLE_TEMPLATE, QWEN_SYSTEM, image_token="<|image_pad|>"),
+        name="dimple", repo="rp-yu/Dimple-7B", layout="qwen2", vision="qwen", family="ar_to_diffusion",
+        logit_shift=1, mask_token="<|mask|>", pad_token="<|endoftext|>", end_tokens=QWEN_ENDS,
+        template=DIMPLE_TEMPLATE, system=QWEN_SYSTEM, image_token="<|image_pad|>"),
     "mmada": ModelSpec(
-        "mmada", "Gen-Verse/MMaDA-8B-MixCoT", "olmo", "vq", "from_scratch", 0, "<|mdm_mask|>", "<|endoftext|>",
-        LLADA_ENDS, MMADA_TEMPLATE),
+        name="mmada", repo="Gen-Verse/MMaDA-8B-MixCoT", layout="olmo", vision="vq", family="from_scratch",
+        logit_shift=0, mask_token="<|mdm_mask|>", pad_token="<|endoftext|>", end_tokens=LLADA_ENDS,
+        template=MMADA_TEMPLATE),
 }
 MODELS = tuple(SPECS)
 
@@ -121,6 +137,7 @@ class RealDMLLM(TransformersDecoder):
             raise CheckpointError(f"{self.checkpoint}: weights the {spec.name} adapter does not know: {left[:5]}"
                                   f"{' ...' if len(left) > 5 else ''}")
         hf = load_hf_tokenizer(self.checkpoint)
+        tok_cfg = tokenizer_settings(self.checkpoint)
         ids = {}
         for tok in {spec.mask_token, spec.pad_token, *spec.end_tokens, *spec.forbidden_tokens,
                     *([spec.image_token] if spec.image_token else [])}:
@@ -129,8 +146,11 @@ class RealDMLLM(TransformersDecoder):
                 raise CheckpointError(f"{self.checkpoint}: the tokenizer has no special token {tok!r}")
             ids[tok] = int(i)
         mask_id = int(self.config.get("mask_token_id", ids[spec.mask_token]))
+        bos = tok_cfg.get("bos_token")
+        bos_id = hf.convert_tokens_to_ids(bos) if bos is not None else None
         self.tokenizer = HFTokenizer(hf, mask_id=mask_id, pad_id=ids[spec.pad_token], end_id=ids[spec.end_tokens[0]],
-                                     end_ids=[ids[t] for t in spec.end_tokens], vocab_size=self.sizes["vocab"])
+                                     end_ids=[ids[t] for t in spec.end_tokens], vocab_size=self.sizes["vocab"],
+                                     bos_id=bos_id, add_bos=tok_cfg.get("add_bos_token", False))
         self.forbidden_ids = [ids[t] for t in spec.forbidden_tokens]
         self.system = spec.system if system_prompt is None else system_prompt
         pre, post = spec.template.split("{image}")
@@ -175,8 +195,9 @@ class RealDMLLM(TransformersDecoder):
             raise ValueError(f"images of one batch give different numbers of visual tokens {sorted(n_vis)}; "
                              f"use batch_size=1 or images of one size")
         n = n_vis.pop()
-        prefix = tok.encode(self._prefix)
-        tails = [tok.encode(self._suffix.format(question=q)) for q in questions]
+        llava = self.spec.prompt_chunks == "llava"
+        chunks = [tok.encode_around_image(self._prefix, self._suffix.format(question=q), llava) for q in questions]
+        prefix, tails = chunks[0][0], [t for _, t in chunks]
         t_max = max(len(t) for t in tails)
         b, p = len(questions), len(prefix)
         seq = p + n + t_max + answer_length
@@ -222,11 +243,11 @@ class RealDMLLM(TransformersDecoder):
         if position_ids.ndim == 2:
             return super().rotary(hidden, position_ids)
         # M-RoPE: frequency bands taken from the t / h / w ids by ``mrope_section``
-        section = list((self.sizes.get("rope_scaling") or {}).get("mrope_section") or [])
+        section = list(self.sizes.get("mrope_section") or [])
         cos3, sin3 = zip(*(self.lm.rotary_emb(hidden, position_ids=position_ids[a]) for a in range(3)))
         half = cos3[0].shape[-1] // 2
         if sum(section) != half:
-            raise CheckpointError(f"rope_scaling.mrope_section {section} must sum to head_dim/2 = {half}")
+            raise CheckpointError(f"mrope_section {section} must sum to head_dim/2 = {half}")
         axis = torch.cat([torch.full((s,), i % 3) for i, s in enumerate(section)])
         axis = torch.cat([axis, axis]).to(hidden.device)
         cos = torch.stack(cos3).gather(0, axis.view(1, 1, 1, -1).expand(1, *cos3[0].shape))[0]

@@ -44,7 +44,17 @@ def lm_config(layout: str, cfg: Mapping, where: str) -> dict:
                 kv_heads=c.get("num_key_value_heads") or c["num_attention_heads"], intermediate=c["intermediate_size"],
                 vocab=c["vocab_size"], rope_theta=c.get("rope_theta", 10000.0), eps=c.get("rms_norm_eps", 1e-6),
                 tied=bool(c.get("tie_word_embeddings", False)), max_pos=c.get("max_position_embeddings", 32768),
-                rope_scaling=c.get("rope_scaling"))
+                mrope_section=mrope_section(c))
+
+
+def mrope_section(c: Mapping) -> list[int] | None:
+    """M-RoPE frequency bands: Dimple's config holds ``mrope_section`` at the top level with
+    ``rope_scaling: None`` (Dimple ``configuration_dimple.py`` 114-151); Qwen2-VL-style configs keep
+    it in ``rope_scaling``."""
+    if c.get("mrope_section"):
+        return [int(v) for v in c["mrope_section"]]
+    rs = c.get("rope_scaling") or {}
+    return [int(v) for v in rs["mrope_section"]] if rs.get("mrope_section") else None
 
 
 def build_lm(layout: str, s: Mapping, dtype: torch.dtype,

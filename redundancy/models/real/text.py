@@ -26,6 +26,26 @@ def load_hf_tokenizer(path: str | Path):
     raise CheckpointError(f"no tokenizer files in {path}: expected tokenizer.json, or vocab.json and merges.txt")
 
 
+def tokenizer_settings(path: str | Path) -> dict:
+    """``bos_token`` and ``add_bos_token`` as the checkpoint's ``tokenizer_config.json`` (or
+    ``special_tokens_map.json``) declares them; ``{}`` when neither file exists."""
+    import json
+
+    out: dict = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins
+        f = Path(path) / name
+        if f.is_file():
+            cfg = json.loads(f.read_text())
+            bos = cfg.get("bos_token")
+            if isinstance(bos, dict):
+                bos = bos.get("content")
+            if bos is not None:
+                out["bos_token"] = bos
+            if "add_bos_token" in cfg:
+                out["add_bos_token"] = bool(cfg["add_bos_token"])
+    return out
+
+
 class HFTokenizer:
     """Adapts a transformers tokenizer to the toolkit's protocol with the model's special ids.
 
@@ -34,8 +54,10 @@ class HFTokenizer:
     """
 
     def __init__(self, tok, *, mask_id: int, pad_id: int, end_id: int, end_ids: Sequence[int],
-                 special_ids: Sequence[int] = (), vocab_size: int | None = None):
+                 special_ids: Sequence[int] = (), vocab_size: int | None = None, bos_id: int | None = None,
+                 add_bos: bool = False):
         self.tok = tok
+        self.bos_id, self.add_bos = (None if bos_id is None else int(bos_id)), bool(add_bos)
         self.mask_id, self.pad_id, self.end_id = int(mask_id), int(pad_id), int(end_id)
         self.end_ids = frozenset(int(i) for i in (*end_ids, end_id))
         self.special_ids = frozenset(int(i) for i in (*special_ids, mask_id, pad_id, *self.end_ids))
@@ -43,6 +65,20 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok.encode(text, add_special_tokens=False))
+
+    def encode_around_image(self, before: str, after: str, llava_rule: bool) -> tuple[list[int], list[int]]:
+        """The ids of the text before and after the image, each chunk encoded on its own (with the
+        tokenizer's BOS when ``add_bos_token`` is set).
+
+        ``llava_rule`` mirrors LLaVA's ``tokenizer_image_token`` (llava ``mm_utils.py`` 342-355): when
+        the first chunk starts with the BOS id, the first id of every later chunk is dropped (meant to
+        drop a repeated BOS; with LLaDA-V's template it drops the newline after the image).
+        """
+        bos = [self.bos_id] if self.add_bos and self.bos_id is not None else []
+        a, b = bos + self.encode(before), bos + self.encode(after)
+        if llava_rule and a and self.bos_id is not None and a[0] == self.bos_id:
+            b = b[1:]
+        return a, b
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         ids = [int(i) for i in ids]

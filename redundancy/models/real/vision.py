@@ -37,6 +37,33 @@ class VisualTokens:
 
 
 # -- LLaVA-style (LLaDA-V, LaViDa) ------------------------------------------------------------------
+def tile_size(config: dict, covered: int) -> int:
+    """The side of the processor's tiles in pixels.
+
+    LLaVA-OneVision's SigLIP processor resizes every tile to 384 px (llava ``siglip_encoder.py``
+    ``SigLipImageProcessor``: ``size=(384, 384)``); the 14-px patch convolution then covers
+    27 x 14 = 378 px and ignores the last 6. The side is ``vision_config.image_size`` when the
+    checkpoint gives it, else the resolution that ends the tower's name (``mm_vision_tower``:
+    ``google/siglip2-so400m-patch14-384``), else the pixels the patches cover.
+    """
+    vc = dict(config.get("vision_config") or {})
+    if vc.get("image_size"):
+        return int(vc["image_size"])
+    m = re.search(r"-(\d+)$", str(config.get("mm_vision_tower") or ""))
+    return int(m.group(1)) if m else covered
+
+
+def expand_to_square(image: Image.Image, colour: tuple[int, ...]) -> Image.Image:
+    """Centre a non-square image on a square canvas of ``colour`` (llava ``mm_utils.expand2square``)."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    canvas = Image.new(image.mode, (side, side), colour)
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
 def parse_pinpoints(value, tile: int) -> list[tuple[int, int]]:
     """``image_grid_pinpoints`` as (width, height) pairs: a list of pairs, or ``"(1x1),...,(6x6)"``."""
     if isinstance(value, str):
@@ -107,7 +134,7 @@ class LlavaVision(nn.Module):
         inter = weights.get(pre + "encoder.layers.0.mlp.fc1.weight").shape[0]
         vc = dict(config.get("vision_config") or {})
         side = int(round(math.sqrt(n_pos)))
-        self.tile = side * ps
+        self.tile = tile_size(config, side * ps)
         cfg = SiglipVisionConfig(
             hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
             num_attention_heads=int(vc.get("num_attention_heads", max(1, hidden // 72))),
@@ -130,9 +157,8 @@ class LlavaVision(nn.Module):
         self.merge = str(config.get("mm_patch_merge_type", "spatial_unpad"))
         default_pins = "(1x1),...,(6x6)" if not pool else [[384, 768], [768, 384], [768, 768], [1152, 384], [384, 1152]]
         pins = config.get("image_grid_pinpoints", default_pins)
-        scale = self.tile / 384
-        self.pinpoints = [(int(w * scale), int(h * scale)) if isinstance(pins, list) else (w, h)
-                          for w, h in parse_pinpoints(pins, self.tile)]
+        # pinpoints are in pixels of the processor's tile (llava mm_utils.py process_anyres_image, 257-270)
+        self.pinpoints = parse_pinpoints(pins, self.tile)
         mean = config.get("image_mean", [0.5, 0.5, 0.5])
         std = config.get("image_std", [0.5, 0.5, 0.5])
         self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
@@ -144,8 +170,14 @@ class LlavaVision(nn.Module):
         return math.ceil(self.side / 2) if self.pool else self.side
 
     def pixels(self, image: Image.Image) -> Tensor:
-        """Normalised tiles [1 + grid tiles, 3, tile, tile]: the base image first."""
+        """Normalised tiles [1 + grid tiles, 3, tile, tile]: the base image first.
+
+        ``image_aspect_ratio: pad`` pads the image to a square of the processor's mean colour first
+        and gives one tile (llava ``mm_utils.py`` ``process_images``, 330-334, ``expand2square``).
+        """
         t = self.tile
+        if self.aspect == "pad":
+            image = expand_to_square(image, tuple(int(x * 255) for x in self.mean.flatten().tolist()))
         tiles = [image.resize((t, t), resample=Image.BICUBIC)]
         if self.aspect.startswith("anyres"):
             cw, ch = select_best_resolution(image.size, self.pinpoints)
@@ -172,8 +204,10 @@ class LlavaVision(nn.Module):
         image = load_image(image)
         feats = self.tile_features(self.pixels(image))
         base, u, d = feats[0], self.unit, feats.shape[-1]
-        if feats.shape[0] == 1:
-            return VisualTokens(base, (u, u))
+        if feats.shape[0] == 1:  # one tile (image_aspect_ratio pad or none): unpad appends one newline
+            if "unpad" not in self.merge:  # (llava llava_arch.py, single image operations, 506-509)
+                return VisualTokens(base, (u, u))
+            return VisualTokens(torch.cat([base, self.newline.view(1, d)]), (u, u), [u * u])
         cw, ch = select_best_resolution(image.size, self.pinpoints)
         gw, gh = cw // self.tile, ch // self.tile
         grid = feats[1:].view(gh, gw, u, u, d).permute(4, 0, 2, 1, 3).reshape(d, gh * u, gw * u)
@@ -236,7 +270,14 @@ class QwenVision(nn.Module):
         self.merge = common["spatial_merge_size"]
         self.patch = common["patch_size"]
         self.temporal = common["temporal_patch_size"]
-        self.projector = nn.Sequential(nn.Linear(merged, d_model), nn.GELU(), nn.Linear(d_model, d_model)).to(dtype)
+        # the projector's activation is the language model's (Dimple modeling_dimple.py, img_projector:
+        # ACT2FN[config.hidden_act], SiLU for Dimple-7B)
+        from transformers.activations import ACT2FN
+
+        act = str(config.get("hidden_act", "silu"))
+        if act not in ACT2FN:
+            raise CheckpointError(f"hidden_act {act!r} is not an activation transformers knows")
+        self.projector = nn.Sequential(nn.Linear(merged, d_model), ACT2FN[act], nn.Linear(d_model, d_model)).to(dtype)
         mapping = {"visual." + k: "tower." + k for k in self.tower.state_dict()}
         mapping.update({f"img_projector.linear_{i}.{p}": f"projector.{j}.{p}"
                         for i, j in ((1, 0), (2, 2)) for p in ("weight", "bias")})

@@ -83,6 +83,10 @@ def _decoder(gen, layout: str, vocab: int, kv_heads: int) -> dict:
 
 
 V_HIDDEN, V_INTER, V_PATCH, V_SIDE, V_LAYERS = 144, 64, 14, 2, 2
+#: a 28-px tile (2 x 2 patches of 14) keeps these fixtures fast; ``vision_config.image_size`` says so to
+#: the adapter. The real 384-px geometry is in the real-format writers (:mod:`redundancy.testing.formats`).
+TILE = V_SIDE * V_PATCH
+LAVIDA_PINPOINTS = [[TILE * a, TILE * b] for a, b in ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))]
 
 
 def _siglip(gen, post_norm: bool = True) -> dict:
@@ -148,6 +152,7 @@ def write_checkpoint(model: str, path: Path, seed: int = 0, shards: int = 2, qwe
                    "mm_vision_tower": "google/siglip2-so400m-patch14-384", "mm_projector_type": "mlp2x_gelu",
                    "mm_hidden_size": V_HIDDEN, "image_aspect_ratio": "anyres_max_4",
                    "image_grid_pinpoints": "(1x1),...,(2x2)", "mm_patch_merge_type": "spatial_unpad",
+                   "vision_config": {"image_size": TILE},
                    "mm_vision_select_layer": -2}
         else:  # OLMo-style LLaDA config (LaViDa-LLaDA, MMaDA)
             cfg = {"model_type": "mmada" if model == "mmada" else "llava_llada", "d_model": D, "n_layers": LAYERS,
@@ -162,7 +167,7 @@ def write_checkpoint(model: str, path: Path, seed: int = 0, shards: int = 2, qwe
             else:
                 cfg.update({"mm_vision_tower": "google/siglip-so400m-patch14-384", "mm_projector_type": "mlp2x_gelu",
                             "mm_hidden_size": V_HIDDEN, "image_aspect_ratio": "anyres", "mm_patch_merge_type": "spatial_unpad",
-                            "image_grid_pinpoints": [[384, 768], [768, 384], [768, 768], [1152, 384], [384, 1152]]})
+                            "image_grid_pinpoints": LAVIDA_PINPOINTS, "vision_config": {"image_size": TILE}})
         if model != "mmada":
             sd.update(_siglip(gen, post_norm=model == "llada-v"))
         write_tokenizer(path, LLADA_VOCAB, LLADA_SPECIAL)
@@ -175,8 +180,9 @@ def write_checkpoint(model: str, path: Path, seed: int = 0, shards: int = 2, qwe
                "pad_token_id": 151643}
         if model == "lavida-dream":
             sd.update(_siglip(gen))
-            cfg.update({"mm_hidden_size": V_HIDDEN, "image_aspect_ratio": "anyres", "mm_patch_merge_type": "spatial_unpad",
-                        "image_grid_pinpoints": [[384, 768], [768, 384], [768, 768], [1152, 384], [384, 1152]]})
+            cfg.update({"mm_vision_tower": "google/siglip-so400m-patch14-384", "mm_projector_type": "mlp2x_gelu",
+                        "mm_hidden_size": V_HIDDEN, "image_aspect_ratio": "anyres", "mm_patch_merge_type": "spatial_unpad",
+                        "image_grid_pinpoints": LAVIDA_PINPOINTS, "vision_config": {"image_size": TILE}})
         else:
             from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
             from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
