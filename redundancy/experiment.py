@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .config import to_plain
 from .engine import Listener
 from .generate import generate_from_prompt
-from .models import load_model
+from .models import load_model, model_files
 from .models.base import Adapter, Prompt
 from .models.real import MODELS as REAL_MODELS
 from .policies import SCORERS, make_policy
@@ -29,7 +29,8 @@ from .policies.pruning import PruneConfig, PruningPolicy
 from .policies.skip import LayerSkipPolicy, SkipConfig
 from .probes import AnswerSignalProbe, BaselineCache, CostProbe, VisualAttentionProbe, drop_one_oracle
 from .probes.divergence import MODES, compare, forced
-from .results import ResultStore, make_run_row, read_table, run_id
+from .results import (NUMERICS_VERSION, RESULTS_SCHEMA_VERSION, ResultStore, canonical_json, file_fingerprint,
+                      make_run_row, read_table, run_id)
 from .results.summary import write_summary
 from .sampling import make_sampler
 from .tasks import ShapesTask, generate_batch
@@ -61,16 +62,38 @@ def clear_caches() -> None:
 
 
 # -- resolving a config ---------------------------------------------------------------------------
+#: model fields that change what a run computes (all of them; ``generation`` reaches the identity
+#: through the sampler settings it gives)
+MODEL_IDENTITY_FIELDS = ("name", "checkpoint", "device", "dtype", "attn_implementation", "options")
+
+
+def model_identity(mc: Mapping[str, Any]) -> dict[str, Any]:
+    """Every model field that changes what runs, and a fingerprint of every file its loader reads
+    (so new weights at the same path, or a checkpoint under a reused name, are a new model)."""
+    ident = {k: mc.get(k) for k in MODEL_IDENTITY_FIELDS}
+    ident["options"] = dict(mc.get("options") or {})
+    ident.setdefault("device", "cpu")
+    ident["dtype"] = ident["dtype"] or "float32"
+    ident["attn_implementation"] = ident["attn_implementation"] or "eager"
+    if mc.get("checkpoint") and not Path(mc["checkpoint"]).is_dir():
+        raise ValueError(f"model.checkpoint {str(mc['checkpoint'])!r} is not a directory")
+    files = model_files(mc["name"], mc.get("checkpoint"))
+    ident["files"] = file_fingerprint(files) if files else None
+    return ident
+
+
+def weights_fingerprint(mc: Mapping[str, Any]) -> str:
+    """The fingerprint of the files a model's loader reads ('none' for a model built in code)."""
+    return model_identity(mc)["files"] or "none"
+
+
 def get_model(mc: Mapping[str, Any]) -> Adapter:
-    """The model of a config, loaded once per process."""
-    key = (mc["name"], mc.get("checkpoint"), mc.get("device", "cpu"), mc.get("dtype", "float32"))
+    """The model of a config, loaded once per process per :func:`model_identity`."""
+    key = canonical_json(model_identity(mc))
     if key not in _MODELS:
         kwargs = dict(mc.get("options") or {})
         if mc.get("checkpoint"):
-            path = Path(mc["checkpoint"])
-            if not path.is_dir():
-                raise ValueError(f"model.checkpoint {str(path)!r} is not a directory")
-            kwargs["checkpoint"] = str(path)
+            kwargs["checkpoint"] = str(Path(mc["checkpoint"]))
         if mc["name"] in REAL_MODELS:  # load straight into the target dtype and device
             kwargs.update(dtype=mc.get("dtype", "float32"), device=mc.get("device", "cpu"))
         model = load_model(mc["name"], **kwargs)
@@ -79,6 +102,7 @@ def get_model(mc: Mapping[str, Any]) -> Adapter:
             raise ValueError(f"unknown dtype {mc.get('dtype')!r}; choose e.g. float32, bfloat16")
         model = model.to(device=mc.get("device", "cpu"), dtype=dtype).eval()
         model.set_attn_implementation(mc.get("attn_implementation", "eager"))
+        model.identity = key  # the caches of prompts and baselines are keyed by it
         _MODELS[key] = model
     return _MODELS[key]
 
@@ -212,7 +236,9 @@ def plan(cfg: Any) -> Plan:
     if blind and policy is not None:
         raise ValueError("policy.blind withdraws every visual token; it cannot be combined with prune or skip")
     ident = {
-        "model": {k: c["model"].get(k) for k in ("name", "checkpoint", "dtype")},
+        "numerics_version": NUMERICS_VERSION,
+        "results_schema_version": RESULTS_SCHEMA_VERSION,
+        "model": model_identity(c["model"]),
         "task": {"name": task.name, "split": task.split, "n": n},
         "sampler": {"kind": kind, **sc},
         "policy": {"blind": True} if blind else effective_policy(c["policy"], steps, model.num_layers),
@@ -240,7 +266,7 @@ class _Kept(Listener):
 
 def get_prompt(model: Adapter, mc: Mapping, task: ShapesTask, indices: range) -> tuple[Prompt, list]:
     """The prompt of a fixed batch of samples (vision features computed once per process)."""
-    key = (mc["name"], mc.get("checkpoint"), task.name, task.split, indices.start, indices.stop)
+    key = (getattr(model, "identity", None) or mc["name"], task.name, task.split, indices.start, indices.stop)
     if key not in _PROMPTS:
         batch = generate_batch(task, task.split, indices)
         with torch.no_grad():
@@ -375,7 +401,7 @@ def run(cfg: Any, store: ResultStore | None = None) -> pd.DataFrame:
     out_df = pd.DataFrame(outcomes)
     tr_df = pd.DataFrame(traces, columns=["sample_id", "step", "layer", "head", "token", "query_group", "mode",
                                           "metric", "value"])
-    row = make_run_row({**p.identity, "label": _label(c, p.identity, model.family)}, weights_hash=_weights_hash(c["model"]))
+    row = make_run_row({**p.identity, "label": _label(c, p.identity, model.family)}, weights_hash=weights_fingerprint(c["model"]))
     row["run_id"] = p.run_id
     store.write_run(row, tr_df, out_df)
     table = read_table(store.path("outcomes", p.run_id))
@@ -413,23 +439,6 @@ def _label(c: Mapping, identity: Mapping, family: str) -> dict:
         "skip_n": len(eff["skip"]["layers"]) if skip_on else None,
         "skip_position": sk.get("position") if skip_on and sk.get("layers") is None else None,
     }
-
-
-_HASHES: dict[tuple, str] = {}
-
-
-def _weights_hash(mc: Mapping) -> str:
-    """sha256 over every parameter of the model (computed once per process and model)."""
-    import hashlib
-
-    key = (mc["name"], mc.get("checkpoint"))
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        for k, v in sorted(get_model(mc).state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().float().contiguous().numpy().tobytes())
-        _HASHES[key] = h.hexdigest()[:16]
-    return _HASHES[key]
 
 
 def _finish(c: Mapping, table: pd.DataFrame, p: Plan, reused: bool) -> None:

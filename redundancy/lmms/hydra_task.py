@@ -264,7 +264,7 @@ def tables(results: Mapping[str, Any], lm: Any, baseline_run_id: str) -> tuple[p
 
 def run_lmms(cfg: Any, store: Any = None) -> pd.DataFrame:
     """Run one lmms config (or reuse its finished tables) and return its outcome table."""
-    from ..experiment import _label, _weights_hash
+    from ..experiment import _label, weights_fingerprint
     from ..results import ResultStore, make_run_row, read_table
 
     p = plan_lmms(cfg)
@@ -292,7 +292,7 @@ def run_lmms(cfg: Any, store: Any = None) -> pd.DataFrame:
         raise RuntimeError("lmms-eval returned no results (this process is not its main rank)")
     traces, outcomes = tables(results, lm, p.baseline_run_id)
     label = {**_label(c, p.identity, lm.family), "headline": c["task"].get("headline")}
-    row = make_run_row({**p.identity, "label": label}, weights_hash=_weights_hash(c["model"]))
+    row = make_run_row({**p.identity, "label": label}, weights_hash=weights_fingerprint(c["model"]))
     row["run_id"] = p.run_id
     row["version.lmms_eval"] = str(getattr(lmms_eval, "__version__", None) or _dist_version("lmms-eval"))
     store.write_run(row, traces, outcomes)

@@ -32,6 +32,16 @@ def load_model(name: str, **kwargs) -> Adapter:
     return _LOADERS[name](**kwargs)
 
 
+def model_files(name: str, checkpoint: str | Path | None = None) -> list[Path]:
+    """The files a model's loader reads: every file of its checkpoint directory (a zoo model's own
+    weights folder when no checkpoint is given); none for models built in code (``random-*``)."""
+    _register_zoo()
+    folder = Path(checkpoint) if checkpoint else WEIGHTS_DIR / name
+    if not folder.is_dir() or (not checkpoint and not (folder / "config.json").is_file()):
+        return []
+    return sorted(f for f in folder.iterdir() if f.is_file())
+
+
 def _register_zoo() -> None:
     """Register every shipped weights folder (``zoo/weights/<name>/``) under its folder name."""
     from .toy import ToyDMLLM

@@ -58,7 +58,10 @@ def record(adapter, prompt: Prompt, sampler, policy: Policy | None = None) -> Re
 
 
 class BaselineCache:
-    """Unpruned trajectories keyed by (model, samples, sampler settings), computed once."""
+    """Unpruned trajectories keyed by (model, samples, sampler settings), computed once.
+
+    The model part of the key is the adapter's ``identity`` (its run-identity fields and the
+    fingerprint of its files, set by :func:`redundancy.experiment.get_model`), else its name."""
 
     def __init__(self) -> None:
         self._store: dict[str, Reference] = {}
@@ -71,7 +74,7 @@ class BaselineCache:
 
     def get(self, adapter, prompt: Prompt, sample_ids, sampler) -> Reference:
         """The cached baseline, decoding it on first use."""
-        k = self.key(adapter.name, sample_ids, sampler)
+        k = self.key(getattr(adapter, "identity", None) or adapter.name, sample_ids, sampler)
         if k not in self._store:
             self._store[k] = record(adapter, prompt, sampler)
         return self._store[k]

@@ -40,6 +40,37 @@ RUN_ID_EXCLUDED_NAMES: tuple[str, ...] = ("output_dir", "results_dir", "logging"
 
 RUN_ID_LENGTH = 16
 
+NUMERICS_VERSION = 2
+"""Bumped by every change of the toolkit that alters what a run computes (part of every run identity,
+so results from before such a change are recomputed, never reused). 2: the fidelity fixes of the
+real adapters and samplers (LLaVA tiles, prompts, Dimple's projector, LLaDA's and LLaDA-V's rules)."""
+
+RESULTS_SCHEMA_VERSION = 1
+"""Bumped by every change of the result tables' layout (part of every run identity)."""
+
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_fingerprint(paths) -> str:
+    """sha256 (first 16 hex chars) over the names and contents of ``paths``.
+
+    Each file's own digest is cached by (path, size, mtime), so a checkpoint is read once per
+    process unless it changes; new weights at the same path give a new fingerprint.
+    """
+    h = hashlib.sha256()
+    for f in sorted(Path(x) for x in paths):
+        st = f.stat()
+        key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _FINGERPRINTS:
+            d = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    d.update(chunk)
+            _FINGERPRINTS[key] = d.hexdigest()
+        h.update(f.name.encode())
+        h.update(_FINGERPRINTS[key].encode())
+    return h.hexdigest()[:RUN_ID_LENGTH]
+
 
 def _plain(obj: Any, path: str = "") -> Any:
     try:  # resolve OmegaConf containers without making omegaconf a hard dependency
