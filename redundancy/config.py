@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -130,3 +130,25 @@ def to_plain(cfg: Any) -> dict:
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)
     return dict(cfg)
+
+
+def check_schema(cfg: Any) -> None:
+    """Reject keys the schema does not know (``+key=value`` overrides included, which Hydra appends
+    without checking) and values of the wrong type, naming the key and the valid choices."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    plain = to_plain(cfg)
+    plain = {k: v for k, v in plain.items() if k != "hydra"}
+    try:
+        OmegaConf.merge(OmegaConf.structured(ExperimentConf), plain)
+    except ConfigKeyError as e:
+        key = getattr(e, "full_key", None) or str(e)
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node: Any = ExperimentConf
+        for part in parent.split(".") if parent else []:
+            node = {f.name: f for f in fields(node)}[part].default_factory
+        valid = ", ".join(f.name for f in fields(node))
+        raise ValueError(f"unknown config key {key!r}; valid keys{' of ' + parent if parent else ''}: {valid}") from None
+    except ValidationError as e:
+        raise ValueError(f"bad config value at {getattr(e, 'full_key', '?')!r}: {e.msg}") from None

@@ -18,10 +18,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .config import to_plain
+from .config import check_schema, to_plain
 from .engine import Listener
 from .generate import generate_from_prompt
 from .models import load_model, model_files
+from .models.registry import check_options
 from .models.base import Adapter, Prompt
 from .models.real import MODELS as REAL_MODELS
 from .policies import SCORERS, make_policy
@@ -72,6 +73,7 @@ def model_identity(mc: Mapping[str, Any]) -> dict[str, Any]:
     (so new weights at the same path, or a checkpoint under a reused name, are a new model)."""
     ident = {k: mc.get(k) for k in MODEL_IDENTITY_FIELDS}
     ident["options"] = dict(mc.get("options") or {})
+    check_options(mc["name"], ident["options"])
     ident.setdefault("device", "cpu")
     ident["dtype"] = ident["dtype"] or "float32"
     ident["attn_implementation"] = ident["attn_implementation"] or "eager"
@@ -211,6 +213,7 @@ def plan(cfg: Any) -> Plan:
 
     An lmms-eval task (``task.kind: lmms``) gets a :class:`redundancy.lmms.hydra_task.LmmsPlan`.
     """
+    check_schema(cfg)
     c = to_plain(cfg)
     if _task_kind(c) == "lmms":
         from .lmms.hydra_task import plan_lmms

@@ -67,3 +67,29 @@ def test_options_change_the_run_and_the_cached_model(tmp_path):
     ma, mb = get_model(a.config["model"]), get_model(b.config["model"])
     assert ma is not mb
     assert experiment.canonical_json(model_identity(a.config["model"])) == ma.identity
+
+
+import pytest  # noqa: E402
+
+from redundancy.experiment import run  # noqa: E402
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+policy.centre=0.5", "unknown config key 'policy.centre'; valid keys of policy: name, blind, prune, skip"),
+    ("+probe.my_probe=true", "unknown config key 'probe.my_probe'; valid keys of probe: cost,"),
+    ("+policy.prune.centre=1", "valid keys of policy.prune: method, layer,"),
+    ("+model.options.system_promt=x", "model 'toy-scratch' has no option(s) ['system_promt']; valid options: none"),
+    ("+model.options.depth=3", "has no option(s) ['depth']"),
+])
+def test_unknown_keys_and_options_are_refused_before_anything_is_written(tmp_path, override, message):
+    c = cfg(tmp_path, override)
+    with pytest.raises(ValueError) as e:
+        run(c)
+    assert message in str(e.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_real_model_options_are_checked_against_the_adapter(tmp_path):
+    with pytest.raises(ValueError, match=r"'llada-v' has no option\(s\) \['system_promt'\]; valid options: "
+                                         r"system_prompt,"):
+        plan(cfg(tmp_path, "model=llada-v", "+model.options.system_promt=x"))

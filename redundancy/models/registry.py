@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+import inspect
+from typing import Callable, Mapping, Sequence
 
 from .base import Adapter
 
@@ -11,11 +12,35 @@ _LOADERS: dict[str, Callable[..., Adapter]] = {}
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "zoo" / "weights"
 
 
-def register_model(name: str, loader: Callable[..., Adapter], overwrite: bool = False) -> None:
-    """Make ``load_model(name)`` call ``loader(**kwargs)``."""
+_OPTIONS: dict[str, tuple[str, ...] | None] = {}
+
+
+def register_model(name: str, loader: Callable[..., Adapter], overwrite: bool = False,
+                   options: Sequence[str] | None = None) -> None:
+    """Make ``load_model(name)`` call ``loader(**kwargs)``.
+
+    ``options`` names the keyword arguments the loader accepts as ``model.options`` (default: the
+    named parameters of ``loader``'s signature; ``None`` there when it takes ``**kwargs`` only).
+    """
     if name in _LOADERS and not overwrite:
         raise ValueError(f"model {name!r} is already registered")
     _LOADERS[name] = loader
+    if options is None:
+        params = inspect.signature(loader).parameters.values()
+        named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        options = None if any(p.kind == p.VAR_KEYWORD for p in params) and not named else named
+    _OPTIONS[name] = None if options is None else tuple(o for o in options if o != "checkpoint")
+
+
+def check_options(name: str, options: Mapping[str, object]) -> None:
+    """Reject ``model.options`` keys the model's loader does not accept, naming the valid ones."""
+    _register_zoo()
+    valid = _OPTIONS.get(name)
+    if valid is None:
+        return
+    bad = sorted(set(options) - set(valid))
+    if bad:
+        raise ValueError(f"model {name!r} has no option(s) {bad}; valid options: {', '.join(valid) or 'none'}")
 
 
 def known_models() -> list[str]:
@@ -52,6 +77,7 @@ def _register_zoo() -> None:
                 _LOADERS[d.name] = lambda path=d, name=d.name, checkpoint=None: ToyDMLLM.from_pretrained(
                     checkpoint or path, name=name
                 )
+                _OPTIONS[d.name] = ()
 
 
 def _random_toy(decoder: str, family: str, shift: int) -> Callable[..., Adapter]:
@@ -68,15 +94,27 @@ def _random_toy(decoder: str, family: str, shift: int) -> Callable[..., Adapter]
     return build
 
 
-register_model("random-llama", _random_toy("llama", "from_scratch", 0))
-register_model("random-qwen2", _random_toy("qwen2", "ar_to_diffusion", 1))
+def _toy_options() -> tuple[str, ...]:
+    from dataclasses import fields
+
+    from .toy import ToyConfig
+
+    return ("seed", *(f.name for f in fields(ToyConfig) if f.name not in ("decoder", "family", "logit_shift", "words")))
+
+
+register_model("random-llama", _random_toy("llama", "from_scratch", 0), options=_toy_options())
+register_model("random-qwen2", _random_toy("qwen2", "ar_to_diffusion", 1), options=_toy_options())
 
 
 def _register_real() -> None:
     from .real.adapter import MODELS, loader
 
+    from .real.adapter import RealDMLLM
+
+    params = inspect.signature(RealDMLLM.__init__).parameters
+    opts = [p for p in params if p not in ("self", "spec", "checkpoint", "dtype", "device")]
     for name in MODELS:
-        register_model(name, loader(name))
+        register_model(name, loader(name), options=opts)
 
 
 _register_real()

@@ -38,6 +38,8 @@ class ModelSpec:
     #: how the text around the image is tokenised: ``plain`` (each side on its own) or ``llava``
     #: (LLaVA's ``tokenizer_image_token``: :meth:`~.text.HFTokenizer.encode_around_image`)
     prompt_chunks: str = "plain"
+    #: template markers written as fixed ids, not through the tokenizer (MMaDA's reserved ids)
+    literal_ids: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self):
         if self.prompt_chunks not in ("plain", "llava"):
@@ -90,7 +92,9 @@ SPECS: dict[str, ModelSpec] = {
     "mmada": ModelSpec(
         name="mmada", repo="Gen-Verse/MMaDA-8B-MixCoT", layout="olmo", vision="vq", family="from_scratch",
         logit_shift=0, mask_token="<|mdm_mask|>", pad_token="<|endoftext|>", end_tokens=LLADA_ENDS,
-        template=MMADA_TEMPLATE),
+        template=MMADA_TEMPLATE,
+        # MMaDA writes these as reserved LLaDA ids (training/prompting_utils.py 17-29, use_reserved_token)
+        literal_ids=(("<|mmu|>", 126089), ("<|soi|>", 126084), ("<|eoi|>", 126085))),
 }
 MODELS = tuple(SPECS)
 
@@ -130,8 +134,7 @@ class RealDMLLM(TransformersDecoder):
             if mmada_repo is not None or vq_model_path is not None:
                 res = int(resolution or self.config.get("resolution", 512))
                 self.vq_model = MagvitCodes(mmada_repo, vq_model_path, res)
-            self.image_offset = int(image_offset if image_offset is not None
-                                    else self.config.get("llm_vocab_size", 126464))
+            self._image_offset = image_offset
         left = w.unused(spec.ignore_prefixes)
         if left:
             raise CheckpointError(f"{self.checkpoint}: weights the {spec.name} adapter does not know: {left[:5]}"
@@ -152,6 +155,10 @@ class RealDMLLM(TransformersDecoder):
                                      end_ids=[ids[t] for t in spec.end_tokens], vocab_size=self.sizes["vocab"],
                                      bos_id=bos_id, add_bos=tok_cfg.get("add_bos_token", False))
         self.forbidden_ids = [ids[t] for t in spec.forbidden_tokens]
+        self.tokenizer.literal = dict(spec.literal_ids)
+        if spec.vision == "vq":  # VQ code c is token len(tokenizer) + c (MMaDA inference_mmu.py 94,
+            # VLMEvalKit vlm/mmada/mmada.py 235: ``get_code(image) + len(text_tokenizer)``)
+            self.image_offset = int(self._image_offset if self._image_offset is not None else len(hf))
         self.system = spec.system if system_prompt is None else system_prompt
         pre, post = spec.template.split("{image}")
         self._prefix = pre.format(system=self.system)

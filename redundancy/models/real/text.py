@@ -58,13 +58,25 @@ class HFTokenizer:
                  add_bos: bool = False):
         self.tok = tok
         self.bos_id, self.add_bos = (None if bos_id is None else int(bos_id)), bool(add_bos)
+        self.literal: dict[str, int] = {}  # text markers encoded as fixed ids (ModelSpec.literal_ids)
         self.mask_id, self.pad_id, self.end_id = int(mask_id), int(pad_id), int(end_id)
         self.end_ids = frozenset(int(i) for i in (*end_ids, end_id))
         self.special_ids = frozenset(int(i) for i in (*special_ids, mask_id, pad_id, *self.end_ids))
         self.vocab_size = int(vocab_size if vocab_size is not None else len(tok))
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tok.encode(text, add_special_tokens=False))
+        """Ids of ``text``; the markers of :attr:`literal` become their fixed ids."""
+        if not self.literal:
+            return list(self.tok.encode(text, add_special_tokens=False))
+        import re
+
+        out: list[int] = []
+        for part in re.split("(" + "|".join(map(re.escape, self.literal)) + ")", text):
+            if part in self.literal:
+                out.append(self.literal[part])
+            elif part:
+                out.extend(self.tok.encode(part, add_special_tokens=False))
+        return out
 
     def encode_around_image(self, before: str, after: str, llava_rule: bool) -> tuple[list[int], list[int]]:
         """The ids of the text before and after the image, each chunk encoded on its own (with the
