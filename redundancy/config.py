@@ -48,6 +48,7 @@ class SamplerConf:
     threshold_fallback: str = "one"  # strategy threshold, nothing confident: one | schedule (Dimple's)
     confidence_eos_eot_inf: bool = False  # LLaDA's rule: confidences renormalised without EoT (and EOS at T=0)
     stop_at_end: bool = False  # LLaDA-V's stopping criteria: decode only before the first committed end
+    threshold_on: str = "probability"  # confident decoding thresholds: probability | margin (Dimple's topk_margin)
 
 
 @dataclass

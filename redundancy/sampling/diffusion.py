@@ -18,6 +18,7 @@ from .schedule import SCHEDULES, fallback_count, transfer_counts
 
 STRATEGIES = ("low_confidence", "random", "topk_margin", "entropy", "threshold")
 THRESHOLD_FALLBACKS = ("one", "schedule")
+THRESHOLD_ON = ("probability", "margin")
 # confidences live in [-log V, 1]; this offset ranks every end/pad prediction below all content
 _SUPPRESS = 1.0e4
 
@@ -40,6 +41,9 @@ class SamplerConfig:
     ``confidence_eos_eot_inf`` is LLaDA's rule of that name (ML-GSAI/LLaDA ``generate.py`` 97-98): the
     confidence softmax sees ``-inf`` at the end-of-turn id (the first end id) and, at temperature 0,
     at the end-of-text id (the second end id), so every slot's confidence is renormalised without them.
+    ``threshold_on`` what confident decoding compares with the threshold and ranks its fallback by:
+    ``probability`` (Dimple's ``maskgit_plus``) or ``margin``, top-1 minus top-2 probability
+    (Dimple's ``alg=topk_margin``: Dimple ``generation_utils.py`` 611, 618-630, 670-673).
     ``stop_at_end`` is LLaDA-V's ``stopping_criteria=['<|eot_id|>']`` (LLaDA-V ``modeling_llada.py``
     ``generate_with_embeds`` 1355-1480): once an end-of-turn token is committed, only the slots before
     the first one are decoded, the block ends when they are all filled, later blocks are skipped and
@@ -60,6 +64,7 @@ class SamplerConfig:
     threshold_fallback: str = "one"
     confidence_eos_eot_inf: bool = False
     stop_at_end: bool = False
+    threshold_on: str = "probability"
 
     def resolve(self, answer_length: int) -> tuple[int, int, int]:
         """Validate against an answer length; return (steps, block_length, n_blocks)."""
@@ -90,6 +95,8 @@ class SamplerConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+        if self.threshold_on not in THRESHOLD_ON:
+            raise ValueError(f"unknown threshold_on {self.threshold_on!r}; choose one of: {', '.join(THRESHOLD_ON)}")
         if self.schedule_shift <= 0:
             raise ValueError(f"schedule_shift must be > 0, got {self.schedule_shift}")
         return steps, block, n_blocks
@@ -204,7 +211,8 @@ class DiffusionSampler:
                     conf_logits[..., int(end_ids[0])] = -torch.inf
                     if cfg.temperature == 0 and len(end_ids) > 1:  # the noisy logits are the logits themselves
                         conf_logits[..., int(end_ids[1])] = -torch.inf
-                conf = _confidence(cfg.strategy, conf_logits, x0, gen)
+                measure = "topk_margin" if cfg.strategy == "threshold" and cfg.threshold_on == "margin" else cfg.strategy
+                conf = _confidence(measure, conf_logits, x0, gen)
                 if cfg.suppress_end and end_t.numel():
                     conf = torch.where(torch.isin(x0, end_t), conf - _SUPPRESS, conf)
                 if stop is not None:  # LLaDA-V's stopping criteria: only the slots before the first end
@@ -212,7 +220,8 @@ class DiffusionSampler:
                 conf = torch.where(masked, conf, torch.full_like(conf, -torch.inf))
                 commit = torch.zeros_like(masked)
                 if plan is None:
-                    p = torch.softmax(logits.float(), -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+                    p = (_confidence("topk_margin", logits, x0, gen) if cfg.threshold_on == "margin"
+                         else torch.softmax(logits.float(), -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1))
                     if not dimple:  # at least the single most confident slot
                         commit = masked & (p >= cfg.threshold)
                         best = conf.argmax(1)

@@ -30,9 +30,16 @@ def read_config(path: str | Path) -> dict:
     if not f.is_file():
         raise CheckpointError(f"missing {f}: every checkpoint directory needs its config.json")
     try:
-        return json.loads(f.read_text())
+        cfg = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{f} is not valid JSON: {e}") from e
+    pre = path / "preprocessor_config.json"  # the image processor's own settings, where a checkpoint has them
+    if pre.is_file():
+        try:
+            cfg["preprocessor_config"] = json.loads(pre.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{pre} is not valid JSON: {e}") from e
+    return cfg
 
 
 def require(config: Mapping, keys: Iterable[str], where: str | Path) -> None:

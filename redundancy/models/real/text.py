@@ -22,7 +22,9 @@ def load_hf_tokenizer(path: str | Path):
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
         from transformers import Qwen2Tokenizer
 
-        return Qwen2Tokenizer(vocab_file=str(path / "vocab.json"), merges_file=str(path / "merges.txt"))
+        # from_pretrained reads tokenizer_config.json too, which holds the added special tokens
+        # (Dimple's DimpleTokenizer files: lmms-eval models/dimple.py 148)
+        return Qwen2Tokenizer.from_pretrained(str(path))
     raise CheckpointError(f"no tokenizer files in {path}: expected tokenizer.json, or vocab.json and merges.txt")
 
 

@@ -285,9 +285,14 @@ class QwenVision(nn.Module):
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         f = self.patch * self.merge
+        # the image processor's settings live in preprocessor_config.json (Dimple's
+        # DimpleImageProcessor.from_pretrained, lmms-eval models/dimple.py 149); config.json next
+        pre = dict(config.get("preprocessor_config") or {})
+        get = lambda k, d: pre.get(k, config.get(k, d))  # noqa: E731
         self.processor = Qwen2VLImageProcessorPil(
-            min_pixels=int(config.get("min_pixels", 56 * 56)), max_pixels=int(config.get("max_pixels", f * f * 1280)),
+            min_pixels=int(get("min_pixels", 56 * 56)), max_pixels=int(get("max_pixels", f * f * 1280)),
             patch_size=self.patch, temporal_patch_size=self.temporal, merge_size=self.merge,
+            **{k: pre[k] for k in ("image_mean", "image_std") if k in pre},
         )
         self._dtype = dtype
 
