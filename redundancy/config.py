@@ -49,6 +49,8 @@ class SamplerConf:
     confidence_eos_eot_inf: bool = False  # LLaDA's rule: confidences renormalised without EoT (and EOS at T=0)
     stop_at_end: bool = False  # LLaDA-V's stopping criteria: decode only before the first committed end
     threshold_on: str = "probability"  # confident decoding thresholds: probability | margin (Dimple's topk_margin)
+    cap_steps: bool = False  # at most one step per answer slot (LaViDa: min(steps, max_new_tokens))
+    prefill_first_token: bool = False  # LaViDa's prefix_lm: slot 0 from the prefill's argmax before step 0
 
 
 @dataclass

@@ -313,3 +313,35 @@ def test_autoregressive_end_to_end(tiny_qwen2):
 def test_autoregressive_needs_shifted_model(tiny_llama):
     with pytest.raises(ValueError, match="logit shift 1"):
         generate(tiny_llama, images(1), QUESTIONS[:1], 4, AutoregressiveSampler())
+
+
+# -- rules of the original samplers (issue 15) ------------------------------------------------------
+def test_cap_steps_runs_at_most_one_step_per_slot():
+    """LaViDa's Dream sampler: steps = min(steps, max_new_tokens)."""
+    assert SamplerConfig(steps=10, cap_steps=True).resolve(5)[0] == 5
+    assert SamplerConfig(steps=10).resolve(5)[0] == 10
+    assert SamplerConfig(steps=3, cap_steps=True).resolve(5)[0] == 3
+
+
+def test_prefill_first_token_needs_the_prefix_cache():
+    with pytest.raises(ValueError, match="set prefix_cache=true"):
+        SamplerConfig(prefill_first_token=True).resolve(4)
+
+
+def test_dream_schedule_recounts_the_masked_slots():
+    """A committed mask id stays masked: Dream counts again from the slots masked now."""
+    from redundancy.sampling.schedule import dream_count
+
+    mask, L = 9, 8
+
+    def source(x, step):  # proposes the mask id at slot 0 (the most confident), token 1 elsewhere
+        logits = torch.zeros(1, L, 12)
+        logits[0, :, 1] = 5.0
+        logits[0, 0, mask] = 50.0
+        return logits
+
+    tr = DiffusionSampler(SamplerConfig(steps=4, schedule="dream")).generate(source, torch.full((1, L), mask), mask)
+    counts = [int((r.x_before == mask).sum()) for r in tr.steps]
+    assert counts[0] == L
+    for a, b, s in zip(counts, counts[1:], range(3)):  # each step commits dream_count of what is masked now
+        assert a - b == dream_count(a, s, 4) - (1 if dream_count(a, s, 4) else 0)

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .schedule import SCHEDULES, fallback_count, transfer_counts
+from .schedule import SCHEDULES, dream_count, fallback_count, transfer_counts
 
 STRATEGIES = ("low_confidence", "random", "topk_margin", "entropy", "threshold")
 THRESHOLD_FALLBACKS = ("one", "schedule")
@@ -44,6 +44,13 @@ class SamplerConfig:
     ``threshold_on`` what confident decoding compares with the threshold and ranks its fallback by:
     ``probability`` (Dimple's ``maskgit_plus``) or ``margin``, top-1 minus top-2 probability
     (Dimple's ``alg=topk_margin``: Dimple ``generation_utils.py`` 611, 618-630, 670-673).
+    ``cap_steps`` runs at most as many steps as there are answer slots (LaViDa's Dream sampler:
+    ``steps = min(steps, max_new_tokens)``, LaViDa ``dream/generation_utils.py`` 400).
+    ``prefill_first_token`` is LaViDa's ``prefix_lm=True`` (``dream/generation_utils.py`` 421-428):
+    with a prefix cache, answer slot 0 is committed from the argmax of the prompt-only prefill's last
+    row before step 0 (no step of its own), and the schedule covers the other slots.
+    With ``schedule: dream`` each step's count is taken from the slots still masked at that step
+    (Dream recounts them: a committed mask id stays masked).
     ``stop_at_end`` is LLaDA-V's ``stopping_criteria=['<|eot_id|>']`` (LLaDA-V ``modeling_llada.py``
     ``generate_with_embeds`` 1355-1480): once an end-of-turn token is committed, only the slots before
     the first one are decoded, the block ends when they are all filled, later blocks are skipped and
@@ -65,6 +72,8 @@ class SamplerConfig:
     confidence_eos_eot_inf: bool = False
     stop_at_end: bool = False
     threshold_on: str = "probability"
+    cap_steps: bool = False
+    prefill_first_token: bool = False
 
     def resolve(self, answer_length: int) -> tuple[int, int, int]:
         """Validate against an answer length; return (steps, block_length, n_blocks)."""
@@ -77,6 +86,10 @@ class SamplerConfig:
         steps = self.steps if self.steps is not None else max(1, -(-answer_length // self.tokens_per_step))
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if self.cap_steps:
+            steps = min(steps, answer_length)
+        if self.prefill_first_token and not self.prefix_cache:
+            raise ValueError("prefill_first_token commits slot 0 from the prefix cache's prefill: set prefix_cache=true")
         block = self.block_length if self.block_length is not None else answer_length
         if block < 1 or answer_length % block:
             raise ValueError(
@@ -183,6 +196,11 @@ class DiffusionSampler:
         traj = Trajectory(tokens=x)
         end_t = torch.tensor(sorted(set(end_ids)), dtype=torch.long, device=x.device)
         stop = None  # [batch] first committed end-of-turn slot (stop_at_end), L where none yet
+        if cfg.prefill_first_token:
+            first = getattr(source, "prefill_logits", None)
+            if first is None:
+                raise ValueError("prefill_first_token needs a logits source with a prefix-cache prefill (EngineSource)")
+            x[:, 0] = torch.where(x[:, 0] == mask_id, first(x, 0)[:, 0].argmax(-1), x[:, 0])
         g = 0
         for b in range(n_blocks):
             lo, hi = b * block, (b + 1) * block
@@ -239,6 +257,9 @@ class DiffusionSampler:
                 else:
                     k = plan[s]
                     for r in range(x.shape[0]):
+                        if cfg.schedule == "dream":  # recounted from the slots masked now
+                            m = int(masked[r].sum())
+                            k = dream_count(m, s, len(plan))
                         kr = min(k, int(masked[r].sum()))
                         if kr:
                             commit[r, conf[r].topk(kr).indices] = True

@@ -50,10 +50,9 @@ def transfer_counts(n_masked: int, steps: int, schedule: str = "linear", shift: 
         base, rem = divmod(n_masked, steps)
         return [base + (1 if i < rem else 0) for i in range(steps)]
     if schedule == "dream":
-        t = torch.linspace(1, DREAM_EPS, steps + 1)  # float32, as Dream computes it
         counts, left = [], n_masked
         for i in range(steps):
-            k = int(left * (1 - t[i + 1] / t[i])) if i < steps - 1 else left
+            k = dream_count(left, i, steps)
             counts.append(k)
             left -= k
         return counts
@@ -70,6 +69,20 @@ def transfer_counts(n_masked: int, steps: int, schedule: str = "linear", shift: 
             excess -= 1
         j += 1
     return counts[::-1]
+
+
+def dream_count(n_masked: int, step: int, steps: int) -> int:
+    """Dream's count at ``step`` of ``steps`` with ``n_masked`` slots masked now: on
+    ``t = linspace(1, 1e-3, steps + 1)`` (float32, as Dream computes it), ``int(n_masked * (1 - t[i+1] / t[i]))``,
+    and every slot still masked at the last step (LaViDa ``dream/generation_utils.py`` 511-514).
+
+    >>> [dream_count(8, i, 4) for i in range(3)], dream_count(5, 3, 4)
+    ([1, 2, 3], 5)
+    """
+    if step >= steps - 1:
+        return n_masked
+    t = torch.linspace(1, DREAM_EPS, steps + 1)
+    return int(n_masked * (1 - t[step + 1] / t[step]))
 
 
 def fallback_count(n_masked: int, n_total: int, step: int, steps: int) -> int:

@@ -29,6 +29,21 @@ class EngineSource:
         ids[:, self.prompt.answer_index] = x
         return ids
 
+    def prefill_logits(self, x: Tensor, step: int = 0) -> Tensor:
+        """[batch, 1, vocab]: the prompt-only prefill's logits at its last row (what answer slot 0 reads
+        in a model with logit shift 1); runs the prefill if it has not run yet."""
+        if not self.prefix_cache:
+            raise ValueError("prefill logits need the prefix cache (sampler.prefix_cache=true)")
+        if self.prefix is None:
+            self.prefix = self.engine.prefill(self.prompt, self.ids(x), step=step)
+        if self.prefix.shift_logits is None:
+            raise ValueError(f"{self.engine.adapter.name} has logit shift 0: its prefill gives no logits for slot 0")
+        logits = self.prefix.shift_logits.clone()
+        forbidden = getattr(self.engine.adapter, "forbidden_ids", None)
+        if forbidden:
+            logits[..., forbidden] = torch.finfo(logits.dtype).min
+        return logits
+
     def __call__(self, x: Tensor, step: int) -> Tensor:
         ids = self.ids(x)
         if self.prefix_cache:
