@@ -1,0 +1,131 @@
+"""Each fidelity fix of issue 15, undone (monkeypatched back to the old rule), fails its golden.
+
+The goldens were produced by the original code (tests/goldens); the per-model tests show the
+fixed toolkit equals them. Here every old rule is put back and the same comparison must fail.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from redundancy.models.goldens import QUESTION, load_golden, make_image
+from redundancy.models.goldens.toolkit import load_adapter
+
+DIMPLE = load_golden("dimple")
+
+
+@pytest.fixture(scope="module")
+def dimple_ckpt(tmp_path_factory):
+    from redundancy.testing.formats.dimple import write_real_checkpoint
+
+    return write_real_checkpoint(tmp_path_factory.mktemp("dimple") / "checkpoint")
+
+
+def dimple_embeds(ad, image="wide") -> tuple[np.ndarray, np.ndarray]:
+    got = ad.visual_tokens(make_image(image)).embeds.float().cpu().numpy()
+    return got, DIMPLE.get("float32", image, "visual_embeds")
+
+
+def test_dimple_projector_activation_is_the_config_act(dimple_ckpt):
+    """item 6: Dimple's img_projector uses ACT2FN[config.hidden_act] (SiLU), not GELU."""
+    ad = load_adapter("dimple", dimple_ckpt)
+    got, want = dimple_embeds(ad)
+    assert np.abs(got - want).max() < 1e-4
+    ad.vision.projector[1] = nn.GELU()  # the old rule
+    got, want = dimple_embeds(ad)
+    assert np.abs(got - want).max() > 1e-3
+
+
+def test_dimple_mrope_section_at_the_top_level(dimple_ckpt, monkeypatch):
+    """item 7: the old rule read only rope_scaling.mrope_section, which Dimple's config leaves None."""
+    from redundancy.models.real import lm
+    from redundancy.models.real.checkpoint import CheckpointError
+    from redundancy.engine import Engine
+
+    monkeypatch.setattr(lm, "mrope_section", lambda c: (c.get("rope_scaling") or {}).get("mrope_section"))
+    ad = load_adapter("dimple", dimple_ckpt)
+    p = ad.build_prompt([make_image("small")], [QUESTION], 8)
+    with pytest.raises(CheckpointError, match="mrope_section"):
+        Engine(ad).forward(p, p.input_ids)
+
+
+def test_dimple_tokenizer_and_pixel_limits(dimple_ckpt, monkeypatch):
+    """The tokenizer's added tokens come from tokenizer_config.json; the pixel limits from
+    preprocessor_config.json (the old rules: vocab + merges only; config.json's limits)."""
+    from transformers import Qwen2Tokenizer
+
+    from redundancy.models.real import checkpoint, text
+    from redundancy.models.real.checkpoint import CheckpointError
+
+    ad = load_adapter("dimple", dimple_ckpt)
+    assert ad.visual_tokens(make_image("square")).embeds.shape[0] == DIMPLE.meta["dtypes"]["float32"][
+        "per_image"]["square"]["n_visual"]
+    with monkeypatch.context() as m:
+        m.setattr(text, "load_hf_tokenizer", lambda path: Qwen2Tokenizer(
+            vocab_file=str(path / "vocab.json"), merges_file=str(path / "merges.txt")))
+        m.setattr("redundancy.models.real.adapter.load_hf_tokenizer", text.load_hf_tokenizer)
+        with pytest.raises(CheckpointError, match="no special token"):
+            load_adapter("dimple", dimple_ckpt)
+    read = checkpoint.read_config
+    monkeypatch.setattr("redundancy.models.real.adapter.read_config",
+                        lambda p: {k: v for k, v in read(p).items() if k != "preprocessor_config"})
+    old = load_adapter("dimple", dimple_ckpt)
+    assert old.visual_tokens(make_image("square")).embeds.shape[0] != DIMPLE.meta["dtypes"]["float32"][
+        "per_image"]["square"]["n_visual"]
+
+
+def test_dimple_margin_threshold(dimple_ckpt):
+    """item 16: alg=topk_margin thresholds the margin; thresholding the probability changes trajectories."""
+    from redundancy.generate import generate_from_prompt
+    from redundancy.sampling import DiffusionSampler
+
+    from tests.test_goldens_dimple import CASES, MARGIN_DIFFERS, toolkit_sampler
+
+    ad = load_adapter("dimple", dimple_ckpt)
+    cfg = toolkit_sampler(CASES["margin_nocache"])
+    assert cfg.threshold_on == "margin"
+    old = type(cfg)(**{**cfg.__dict__, "threshold_on": "probability"})
+    differs = 0
+    for image in sorted(MARGIN_DIFFERS):
+        p = ad.build_prompt([make_image(image)], [QUESTION], 8)
+        want = DIMPLE.get("float32", image, "margin_nocache/output")
+        new = generate_from_prompt(ad, p, DiffusionSampler(cfg)).trajectory.tokens[0].numpy()
+        was = generate_from_prompt(ad, p, DiffusionSampler(old)).trajectory.tokens[0].numpy()
+        assert (new == want).all()
+        differs += not (was == want).all()
+    assert differs >= 1
+
+
+def test_llada_confidence_eos_eot_inf_is_not_the_end_offset(tmp_path):
+    """item 11: the old end suppression (confidence - 1e4) does not reproduce LLaDA's rule."""
+    from tests.test_goldens_llada_generate import CASES, XFAIL_F32, adapter_for, run_toolkit
+    from redundancy.sampling import diffusion
+    from redundancy.testing.formats.llada_generate import write_real_checkpoint
+
+    g = load_golden("llada-generate")
+    ad = adapter_for(write_real_checkpoint(tmp_path / "ck"), "float32")
+    rule = [c for c in CASES if c.endswith("_eot") and "random" not in c and c not in XFAIL_F32]
+    assert rule
+    real = diffusion.SamplerConfig
+
+    class Old(real):  # the old rule: suppress_end instead of LLaDA's confidence_eos_eot_inf
+        def __init__(self, **kw):
+            on = kw.pop("confidence_eos_eot_inf", False)
+            super().__init__(**kw, suppress_end=on)
+
+    wrong = 0
+    for case in rule:
+        steps, out, _ = run_toolkit(ad, g, "float32", case)
+        assert (steps == g.get("float32", case, "step_inputs")).all()
+        import redundancy.sampling as sampling
+        saved = sampling.SamplerConfig
+        sampling.SamplerConfig = Old
+        try:
+            steps_old, _, _ = run_toolkit(ad, g, "float32", case)
+        finally:
+            sampling.SamplerConfig = saved
+        wrong += steps_old.shape != steps.shape or not (steps_old == g.get("float32", case, "step_inputs")).all()
+    assert wrong >= 1
