@@ -72,11 +72,11 @@ def verify(model: str, checkpoint: str | Path, reference_repo: str | Path, refer
             make_image("square").save(image)
         tensors, meta = run_reference(model, checkpoint, reference_repo, reference_python, Path(image), question,
                                       answer_length, dtype, work, driver)
-    get = lambda f: tensors[f"image/{f}"]  # noqa: E731
-    info = meta["per_image"]["image"]
-    adapter = load_adapter(model, Path(checkpoint), dtype, **options)
-    picture = torch.from_numpy(get("codes")) if "image/codes" in tensors else str(image)
-    prompt = adapter.build_prompt([picture], [question], answer_length)
+        get = lambda f: tensors[f"image/{f}"]  # noqa: E731
+        info = meta["per_image"]["image"]
+        adapter = load_adapter(model, Path(checkpoint), dtype, **options)
+        picture = torch.from_numpy(get("codes")) if "image/codes" in tensors else str(image)
+        prompt = adapter.build_prompt([picture], [question], answer_length)
     theirs = get("prompt_ids")
     placeholder = info.get("placeholder")
     if placeholder is None:

@@ -40,6 +40,9 @@ class ModelSpec:
     prompt_chunks: str = "plain"
     #: template markers written as fixed ids, not through the tokenizer (MMaDA's reserved ids)
     literal_ids: tuple[tuple[str, int], ...] = ()
+    #: the loader cuts the embeddings and the head to ``len(tokenizer)`` rows (LLaDA-V's llava
+    #: ``builder.py`` 303, ``resize_token_embeddings(len(tokenizer))``)
+    resize_to_tokenizer: bool = False
 
     def __post_init__(self):
         if self.prompt_chunks not in ("plain", "llava"):
@@ -72,7 +75,7 @@ SPECS: dict[str, ModelSpec] = {
     "llada-v": ModelSpec(
         name="llada-v", repo="GSAI-ML/LLaDA-V", layout="llama", vision="llava", family="from_scratch",
         logit_shift=0, mask_token="<|mdm_mask|>", pad_token="<|endoftext|>", end_tokens=LLADA_ENDS,
-        template=LLADA_TEMPLATE, system=LLAVA_SYSTEM, prompt_chunks="llava",
+        template=LLADA_TEMPLATE, system=LLAVA_SYSTEM, prompt_chunks="llava", resize_to_tokenizer=True,
         forbidden_tokens=("<|endoftext|>", "<|startoftext|>", "<|start_header_id|>", "<|end_header_id|>"),
         ignore_prefixes=LLAVA_UNUSED),
     "lavida-llada": ModelSpec(
@@ -141,6 +144,8 @@ class RealDMLLM(TransformersDecoder):
                                   f"{' ...' if len(left) > 5 else ''}")
         hf = load_hf_tokenizer(self.checkpoint)
         tok_cfg = tokenizer_settings(self.checkpoint)
+        if spec.resize_to_tokenizer and len(hf) < self.sizes["vocab"]:
+            self._resize_vocab(len(hf))
         ids = {}
         for tok in {spec.mask_token, spec.pad_token, *spec.end_tokens, *spec.forbidden_tokens,
                     *([spec.image_token] if spec.image_token else [])}:
@@ -166,6 +171,17 @@ class RealDMLLM(TransformersDecoder):
         self.image_id = ids[spec.image_token] if spec.image_token else self.tokenizer.pad_id
         self.to(device)
         self.eval()
+
+    def _resize_vocab(self, n: int) -> None:
+        """Keep the first ``n`` rows of the embeddings and the head (what ``resize_token_embeddings``
+        leaves when it shrinks a vocabulary)."""
+        emb, head = self.lm.embed_tokens, self.head
+        new_emb = torch.nn.Embedding(n, emb.weight.shape[1], device=emb.weight.device, dtype=emb.weight.dtype)
+        new_emb.weight.data.copy_(emb.weight.data[:n])
+        new_head = torch.nn.Linear(head.in_features, n, bias=False, device=head.weight.device, dtype=head.weight.dtype)
+        new_head.weight.data.copy_(head.weight.data[:n])
+        self.lm.embed_tokens, self.head = new_emb, new_head
+        self.sizes["vocab"] = n
 
     # -- images ---------------------------------------------------------------------------------
     def visual_tokens(self, image: ImageLike) -> VisualTokens:

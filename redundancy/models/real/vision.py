@@ -204,10 +204,9 @@ class LlavaVision(nn.Module):
         image = load_image(image)
         feats = self.tile_features(self.pixels(image))
         base, u, d = feats[0], self.unit, feats.shape[-1]
-        if feats.shape[0] == 1:  # one tile (image_aspect_ratio pad or none): unpad appends one newline
-            if "unpad" not in self.merge:  # (llava llava_arch.py, single image operations, 506-509)
-                return VisualTokens(base, (u, u))
-            return VisualTokens(torch.cat([base, self.newline.view(1, d)]), (u, u), [u * u])
+        if feats.shape[0] == 1:  # one tile (image_aspect_ratio pad or none): the eval's stacked-tensor path
+            # (LLaDA-V eval llava_onevision_llada.py 489-491 -> llava_arch.py 516) appends no newline
+            return VisualTokens(base, (u, u))
         cw, ch = select_best_resolution(image.size, self.pinpoints)
         gw, gh = cw // self.tile, ch // self.tile
         grid = feats[1:].view(gh, gw, u, u, d).permute(4, 0, 2, 1, 3).reshape(d, gh * u, gw * u)
