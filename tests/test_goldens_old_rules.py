@@ -129,3 +129,106 @@ def test_llada_confidence_eos_eot_inf_is_not_the_end_offset(tmp_path):
             sampling.SamplerConfig = saved
         wrong += steps_old.shape != steps.shape or not (steps_old == g.get("float32", case, "step_inputs")).all()
     assert wrong >= 1
+
+
+# -- LLaDA-V ----------------------------------------------------------------------------------------
+LLADA_V = load_golden("llada-v")
+
+
+@pytest.fixture(scope="module")
+def llada_v(tmp_path_factory):
+    from redundancy.testing.formats.llada_v import write_real_checkpoint
+
+    root = tmp_path_factory.mktemp("llada_v")
+    return {"": write_real_checkpoint(root / "a"), "pad": write_real_checkpoint(root / "p", image_aspect_ratio="pad")}
+
+
+def llada_v_prompt(ad, image: str):
+    return ad.build_prompt([make_image(image)], [QUESTION], 8)
+
+
+def n_visual(name: str) -> int:
+    return LLADA_V.meta["dtypes"]["float32"]["per_image"][name]["n_visual"]
+
+
+def test_llada_v_tiles_are_384_px(llada_v, monkeypatch):
+    """item 1: 27 x 14 = 378-px tiles with pinpoints scaled by 378/384 give another grid and token count."""
+    from redundancy.models.real import vision
+
+    ad = load_adapter("llada-v", llada_v[""])
+    assert ad.vision.tile == 384 and llada_v_prompt(ad, "wide").n_visual == n_visual("wide")
+    monkeypatch.setattr(vision, "tile_size", lambda config, covered: covered)  # the old rule
+    old = load_adapter("llada-v", llada_v[""])
+    assert old.vision.tile == 378
+    old.vision.pinpoints = [(int(w * 378 / 384), int(h * 378 / 384)) for w, h in old.vision.pinpoints]
+    assert llada_v_prompt(old, "wide").n_visual != n_visual("wide")
+
+
+def test_llada_v_prompt_ids_follow_tokenizer_image_token(llada_v):
+    """item 2: without LLaVA's chunk rule the newline after <image> stays (one id more than the original)."""
+    from redundancy.models.goldens.toolkit import prompt_text_ids, split_visual
+
+    ad = load_adapter("llada-v", llada_v[""])
+    meta = LLADA_V.meta["dtypes"]["float32"]["per_image"]["wide"]
+    want = split_visual(LLADA_V.get("float32", "wide", "prompt_ids"), meta["placeholder"])
+    got = prompt_text_ids(ad, llada_v_prompt(ad, "wide"))
+    assert (got[0], got[2]) == (want[0], want[2])
+    object.__setattr__(ad.spec, "prompt_chunks", "plain")  # the old rule (frozen dataclass)
+    try:
+        old = prompt_text_ids(ad, llada_v_prompt(ad, "wide"))
+    finally:
+        object.__setattr__(ad.spec, "prompt_chunks", "llava")
+    assert len(old[2]) == len(want[2]) + 1
+
+
+def test_llada_v_pad_aspect_ratio(llada_v):
+    """item 3: image_aspect_ratio pad pads to a square of the mean colour; stretching does not match."""
+    ad = load_adapter("llada-v", llada_v["pad"])
+    assert llada_v_prompt(ad, "wide").n_visual == n_visual("pad.wide") == 729
+    ad.vision.aspect = "none"  # the old rule: the image stretched to one tile
+    from redundancy.models.goldens.toolkit import full_pass
+
+    s = full_pass(ad, llada_v_prompt(ad, "wide"), LLADA_V.tensors["float32/sel_ids"])
+    want = LLADA_V.get("float32", "pad.wide", "logits_sel")[s.rows]
+    assert np.abs(s.logits_sel - want).max() > 1e-3
+
+
+def test_llada_v_vocabulary_is_cut_to_the_tokenizer(llada_v):
+    """The builder's resize_token_embeddings(len(tokenizer)): the config's 126464 rows change every lse."""
+    from redundancy.models.goldens.toolkit import full_pass
+
+    ad = load_adapter("llada-v", llada_v[""])
+    assert ad.sizes["vocab"] == 126349
+    object.__setattr__(ad.spec, "resize_to_tokenizer", False)
+    try:
+        old = load_adapter("llada-v", llada_v[""])
+    finally:
+        object.__setattr__(ad.spec, "resize_to_tokenizer", True)
+    s = full_pass(old, llada_v_prompt(old, "wide"), LLADA_V.tensors["float32/sel_ids"])
+    assert np.abs(s.lse - LLADA_V.get("float32", "wide", "lse")[s.rows]).max() > 5e-4
+
+
+def test_llada_v_stop_rule(llada_v):
+    """item 12: without stopping_criteria=['<|eot_id|>'] the trajectory of a run that stops differs."""
+    from redundancy.generate import generate_from_prompt
+    from redundancy.sampling import DiffusionSampler
+
+    from tests.test_goldens_llada_v import toolkit_config
+
+    ad = load_adapter("llada-v", llada_v[""])
+    per = LLADA_V.meta["dtypes"]["float32"]["per_image"]
+    differs = 0
+    for name in ("small", "tall", "wide"):
+        for setting in sorted(per[name]["sampler"]):
+            kw = LLADA_V.meta["dtypes"]["float32"]["sampler"][setting]
+            cfg = toolkit_config(kw)
+            want = LLADA_V.get("float32", name, f"{setting}/step_inputs")
+            p = ad.build_prompt([make_image(name)], [QUESTION], kw["gen_length"])
+            tr = generate_from_prompt(ad, p, DiffusionSampler(cfg)).trajectory
+            got = np.stack([r.x_before[0].numpy() for r in tr.steps])
+            assert got.shape == want.shape and (got == want).all()
+            old = type(cfg)(**{**cfg.__dict__, "stop_at_end": False})
+            tr = generate_from_prompt(ad, p, DiffusionSampler(old)).trajectory
+            got = np.stack([r.x_before[0].numpy() for r in tr.steps])
+            differs += got.shape != want.shape or not (got == want).all()
+    assert differs >= 1
