@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -155,3 +155,14 @@ def check_schema(cfg: Any) -> None:
         raise ValueError(f"unknown config key {key!r}; valid keys{' of ' + parent if parent else ''}: {valid}") from None
     except ValidationError as e:
         raise ValueError(f"bad config value at {getattr(e, 'full_key', '?')!r}: {e.msg}") from None
+
+
+def prompt_suffix(entry: Mapping[str, Any], where: str) -> str:
+    """The entry's ``prompt_suffix`` (text appended to every question, e.g. LLaDA-V's eval appends
+    " /no_think" or " /think" by task group: LLaDA-V eval ``llava_onevision_llada.py`` 527-532)."""
+    suffix = entry.get("prompt_suffix", "")
+    if suffix is None:
+        return ""
+    if not isinstance(suffix, str):
+        raise ValueError(f"{where}.prompt_suffix must be text, got {suffix!r}")
+    return suffix

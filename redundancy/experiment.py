@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .config import check_schema, to_plain
+from .config import check_schema, prompt_suffix, to_plain
 from .engine import Listener
 from .generate import generate_from_prompt
 from .models import load_model, model_files
@@ -123,7 +123,7 @@ def native_sampler(c: Mapping[str, Any], answer_length: int | None = None) -> di
         raise ValueError(f"sampler.kind=native needs model.generation.{kind} for model {c['model']['name']!r}; "
                          f"it has: {', '.join(gen) or 'none'}")
     base = {k: v for k, v in c["sampler"].items() if k != "kind"}
-    native = {k: v for k, v in gen[kind].items() if k != "answer_length"}
+    native = {k: v for k, v in gen[kind].items() if k not in ("answer_length", "prompt_suffix")}
     length = gen[kind].get("answer_length")
     if answer_length is not None and length and length != answer_length:
         if native.get("steps"):
@@ -138,6 +138,16 @@ def native_sampler(c: Mapping[str, Any], answer_length: int | None = None) -> di
     if unknown:
         raise ValueError(f"model.generation.{kind} has unknown sampler field(s) {unknown}; valid: {sorted(base)}")
     return {"kind": "diffusion", **base, **native}
+
+
+def question_suffix(c: Mapping[str, Any]) -> str:
+    """Text appended to every question: the ``prompt_suffix`` of the model's generation entry for the
+    task's answer type when the sampler is ``native`` (LLaDA-V's " /no_think" / " /think")."""
+    if c["sampler"].get("kind") != "native":
+        return ""
+    gen = c["model"].get("generation") or {}
+    kind = c["task"].get("answer_type") or ("long" if c["task"]["name"].endswith("_long") else "short")
+    return prompt_suffix(gen.get(kind) or {}, f"model.generation.{kind}")
 
 
 def n_samples(c: Mapping[str, Any]) -> int:
@@ -247,6 +257,7 @@ def plan(cfg: Any) -> Plan:
         "policy": {"blind": True} if blind else effective_policy(c["policy"], steps, model.num_layers),
         "probe": c.get("probe"),
         "batch_size": c.get("batch_size", 16),
+        "prompt_suffix": question_suffix(c),
     }
     base = {**ident, "policy": None}  # the same run (same probes) without any policy
     return Plan(c, ident, run_id(ident), run_id(base), task, sampler, steps, n)
@@ -267,13 +278,15 @@ class _Kept(Listener):
                 self.n_visual = [None] * ctx.prompt.batch_size
 
 
-def get_prompt(model: Adapter, mc: Mapping, task: ShapesTask, indices: range) -> tuple[Prompt, list]:
-    """The prompt of a fixed batch of samples (vision features computed once per process)."""
-    key = (getattr(model, "identity", None) or mc["name"], task.name, task.split, indices.start, indices.stop)
+def get_prompt(model: Adapter, mc: Mapping, task: ShapesTask, indices: range,
+               suffix: str = "") -> tuple[Prompt, list]:
+    """The prompt of a fixed batch of samples (vision features computed once per process);
+    ``suffix`` is appended to every question."""
+    key = (getattr(model, "identity", None) or mc["name"], task.name, task.split, indices.start, indices.stop, suffix)
     if key not in _PROMPTS:
         batch = generate_batch(task, task.split, indices)
         with torch.no_grad():
-            prompt = model.build_prompt(batch.pil_images(), batch.questions, task.answer_length)
+            prompt = model.build_prompt(batch.pil_images(), [q + suffix for q in batch.questions], task.answer_length)
         _PROMPTS[key] = (prompt, batch.samples)
     return _PROMPTS[key]
 
@@ -382,7 +395,7 @@ def run(cfg: Any, store: ResultStore | None = None) -> pd.DataFrame:
     bar = tqdm(batches, desc=f"{c['policy'].get('name', 'run')}", leave=False, disable=not c.get("progress", True),
                file=sys.stderr)
     for idx in bar:
-        full, samples = get_prompt(model, c["model"], p.task, idx)
+        full, samples = get_prompt(model, c["model"], p.task, idx, p.identity["prompt_suffix"])
         ids = [s.sample_id for s in samples]
         batch = decode_batch(model, full.without_visual() if blind else full, p.sampler, c, ids,
                              f"batch{idx.start}", full_prompt=full, blind=blind)

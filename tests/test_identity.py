@@ -93,3 +93,22 @@ def test_real_model_options_are_checked_against_the_adapter(tmp_path):
     with pytest.raises(ValueError, match=r"'llada-v' has no option\(s\) \['system_promt'\]; valid options: "
                                          r"system_prompt,"):
         plan(cfg(tmp_path, "model=llada-v", "+model.options.system_promt=x"))
+
+
+def test_prompt_suffix_of_the_native_entry_reaches_the_prompt_and_the_identity(tmp_path):
+    """LLaDA-V's think suffix: a typed text field of each model.generation entry, applied where the
+    prompt is built (sampler=native), and part of the run identity."""
+    from redundancy.experiment import get_prompt, question_suffix
+
+    base = ["sampler=native", "+model.generation.short={answer_length: 4, steps: 2}"]
+    a = plan(cfg(tmp_path, *base))
+    b = plan(cfg(tmp_path, "sampler=native",
+                 "+model.generation.short={answer_length: 4, steps: 2, prompt_suffix: ' yes'}"))
+    assert a.identity["prompt_suffix"] == "" and b.identity["prompt_suffix"] == " yes"
+    assert a.run_id != b.run_id and "prompt_suffix" not in b.sampler.config.__dict__
+    m = get_model(b.config["model"])
+    pa, _ = get_prompt(m, b.config["model"], b.task, range(0, 2))
+    pb, _ = get_prompt(m, b.config["model"], b.task, range(0, 2), question_suffix(b.config))
+    assert not torch.equal(pa.input_ids, pb.input_ids)  # " yes" is a word of the zoo's vocabulary
+    with pytest.raises(ValueError, match="prompt_suffix must be text"):
+        plan(cfg(tmp_path, "sampler=native", "+model.generation.short={answer_length: 4, prompt_suffix: 3}"))

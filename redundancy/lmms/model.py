@@ -234,7 +234,7 @@ class DMLLMRedundancy(lmms):
         docs = [self._doc(r.task, r.split, r.doc_id) for r in chunk]
         images = [self._image(r.doc_to_visual, d, r.task, r.doc_id) for r, d in zip(chunk, docs)]
         with torch.no_grad():
-            prompt = self.adapter.build_prompt(images, [r.context for r in chunk], a.answer_length)
+            prompt = self.adapter.build_prompt(images, [r.context + a.prompt_suffix for r in chunk], a.answer_length)
         ids = [r.sample_id for r in chunk]
         batch_id = f"batch{self._n_batches}"
         self._n_batches += 1

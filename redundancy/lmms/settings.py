@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ..config import prompt_suffix
+
 #: plain model arguments and the config path each one sets
 MODEL_ARG_PATHS: dict[str, str] = {
     "checkpoint": "model.checkpoint",
@@ -94,6 +96,7 @@ class AnswerSettings:
     answer_length: int
     sampler: tuple[tuple[str, Any], ...] = ()  # sorted (field, value) pairs, hashable for grouping
     source: str = "max_new_tokens"  # where the numbers came from, for messages and tables
+    prompt_suffix: str = ""  # appended to every question (LLaDA-V's " /no_think" / " /think")
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -340,7 +343,7 @@ def answer_settings(generation: Mapping[str, Any] | None, task: str, kind: str |
             where = f"model.generation.{key}"
             if not isinstance(entry, Mapping):
                 raise ValueError(f"{where} must be a mapping of answer_length and sampler fields, got {entry!r}")
-            unknown = sorted(set(entry) - valid - {"answer_length", "kind"})
+            unknown = sorted(set(entry) - valid - {"answer_length", "kind", "prompt_suffix"})
             if unknown:
                 raise ValueError(f"{where} has unknown field(s) {unknown}; "
                                  f"valid: answer_length, {', '.join(sorted(valid))}")
@@ -348,11 +351,12 @@ def answer_settings(generation: Mapping[str, Any] | None, task: str, kind: str |
                 raise ValueError(f"{where} needs answer_length")
             length = _positive_int(f"{where}.answer_length", entry["answer_length"])
             use = {k: v for k, v in entry.items()
-                   if k not in ("answer_length", "kind") and (native or k in SHAPE_FIELDS)}
+                   if k not in ("answer_length", "kind", "prompt_suffix") and (native or k in SHAPE_FIELDS)}
             for k in SHAPE_FIELDS:
                 if use.get(k) is not None:
                     use[k] = _positive_int(f"{where}.{k}", use[k])
-            return AnswerSettings(length, tuple(sorted((k, _hashable(v)) for k, v in use.items())), where)
+            return AnswerSettings(length, tuple(sorted((k, _hashable(v)) for k, v in use.items())), where,
+                                  prompt_suffix(entry, where))
     if required:
         raise ValueError(f"answer type {kind!r} of task {task!r} has no model.generation entry "
                          f"(it has: {', '.join(sorted(generation)) or 'none'})")
