@@ -51,6 +51,7 @@ class SamplerConf:
     threshold_on: str = "probability"  # confident decoding thresholds: probability | margin (Dimple's topk_margin)
     cap_steps: bool = False  # at most one step per answer slot (LaViDa: min(steps, max_new_tokens))
     prefill_first_token: bool = False  # LaViDa's prefix_lm: slot 0 from the prefill's argmax before step 0
+    top_k: Optional[int] = None  # keep the k largest logits per slot before proposing and scoring (Dream's top_k)
 
 
 @dataclass

@@ -49,6 +49,9 @@ class SamplerConfig:
     ``prefill_first_token`` is LaViDa's ``prefix_lm=True`` (``dream/generation_utils.py`` 421-428):
     with a prefix cache, answer slot 0 is committed from the argmax of the prompt-only prefill's last
     row before step 0 (no step of its own), and the schedule covers the other slots.
+    ``top_k`` keeps only the k largest logits of every slot before proposing and scoring (Dream's
+    ``sample_tokens``, LaViDa ``dream/generation_utils.py`` 64-66; LaViDa-Dream runs with the
+    generation default ``top_k=50`` its model config carries, 227-229).
     With ``schedule: dream`` each step's count is taken from the slots still masked at that step
     (Dream recounts them: a committed mask id stays masked).
     ``stop_at_end`` is LLaDA-V's ``stopping_criteria=['<|eot_id|>']`` (LLaDA-V ``modeling_llada.py``
@@ -74,6 +77,7 @@ class SamplerConfig:
     threshold_on: str = "probability"
     cap_steps: bool = False
     prefill_first_token: bool = False
+    top_k: int | None = None
 
     def resolve(self, answer_length: int) -> tuple[int, int, int]:
         """Validate against an answer length; return (steps, block_length, n_blocks)."""
@@ -88,6 +92,8 @@ class SamplerConfig:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if self.cap_steps:
             steps = min(steps, answer_length)
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 (or null), got {self.top_k}")
         if self.prefill_first_token and not self.prefix_cache:
             raise ValueError("prefill_first_token commits slot 0 from the prefix cache's prefill: set prefix_cache=true")
         block = self.block_length if self.block_length is not None else answer_length
@@ -222,10 +228,14 @@ class DiffusionSampler:
                     break
                 logits = source(x, g)
                 traj.n_forward += 1
-                x0 = _propose(logits, cfg.temperature, gen)
-                conf_logits = logits
+                scored = logits  # what proposals and confidences see (the records keep the raw logits)
+                if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
+                    kth = logits.topk(cfg.top_k, dim=-1).values[..., -1:]
+                    scored = logits.masked_fill(logits < kth, -torch.inf)
+                x0 = _propose(scored, cfg.temperature, gen)
+                conf_logits = scored
                 if cfg.confidence_eos_eot_inf and end_t.numel():
-                    conf_logits = logits.clone()
+                    conf_logits = scored.clone()
                     conf_logits[..., int(end_ids[0])] = -torch.inf
                     if cfg.temperature == 0 and len(end_ids) > 1:  # the noisy logits are the logits themselves
                         conf_logits[..., int(end_ids[1])] = -torch.inf
@@ -238,8 +248,8 @@ class DiffusionSampler:
                 conf = torch.where(masked, conf, torch.full_like(conf, -torch.inf))
                 commit = torch.zeros_like(masked)
                 if plan is None:
-                    p = (_confidence("topk_margin", logits, x0, gen) if cfg.threshold_on == "margin"
-                         else torch.softmax(logits.float(), -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1))
+                    p = (_confidence("topk_margin", scored, x0, gen) if cfg.threshold_on == "margin"
+                         else torch.softmax(scored.float(), -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1))
                     if not dimple:  # at least the single most confident slot
                         commit = masked & (p >= cfg.threshold)
                         best = conf.argmax(1)

@@ -43,6 +43,10 @@ class ModelSpec:
     #: the loader cuts the embeddings and the head to ``len(tokenizer)`` rows (LLaDA-V's llava
     #: ``builder.py`` 303, ``resize_token_embeddings(len(tokenizer))``)
     resize_to_tokenizer: bool = False
+    #: the image newline is held in bfloat16 whatever the run's dtype (LaViDa: ``LlavaLladaModel.dtype =
+    #: torch.bfloat16  # hack``, ``llava_llada.py`` 31 / ``llava_dream.py`` 64, so ``llava_arch.py`` 60
+    #: creates it in bfloat16 and the checkpoint value is rounded into it)
+    newline_bfloat16: bool = False
 
     def __post_init__(self):
         if self.prompt_chunks not in ("plain", "llava"):
@@ -82,11 +86,12 @@ SPECS: dict[str, ModelSpec] = {
         name="lavida-llada", repo="jacklishufan/lavida-llada-v1.0-instruct", layout="olmo", vision="llava-pool",
         family="from_scratch", logit_shift=0, mask_token="<|mdm_mask|>", pad_token="<|endoftext|>",
         end_tokens=LLADA_ENDS, template=LLADA_TEMPLATE, system=LLAVA_SYSTEM, prompt_chunks="llava",
-        ignore_prefixes=LLAVA_UNUSED),
+        newline_bfloat16=True, ignore_prefixes=LLAVA_UNUSED),
     "lavida-dream": ModelSpec(
         name="lavida-dream", repo="jacklishufan/lavida-dream-v1.0-instruct", layout="qwen2", vision="llava-pool",
         family="ar_to_diffusion", logit_shift=1, mask_token="<|mask|>", pad_token="<|endoftext|>",
         end_tokens=QWEN_ENDS, template=DREAM_TEMPLATE, system=LLAVA_SYSTEM, prompt_chunks="llava",
+        newline_bfloat16=True, resize_to_tokenizer=True,  # Dream's head is untied: the builder's resize cuts it
         ignore_prefixes=LLAVA_UNUSED),  # conv_dream's system text is LLaVA's (LaViDa llava/conversation.py 479-490)
     "dimple": ModelSpec(
         name="dimple", repo="rp-yu/Dimple-7B", layout="qwen2", vision="qwen", family="ar_to_diffusion",
@@ -127,6 +132,9 @@ class RealDMLLM(TransformersDecoder):
         d = self.sizes["hidden"]
         if spec.vision in ("llava", "llava-pool"):
             self.vision = LlavaVision(w, self.config, d, dt, pool=spec.vision == "llava-pool")
+            if spec.newline_bfloat16:
+                with torch.no_grad():
+                    self.vision.newline.copy_(self.vision.newline.to(torch.bfloat16).to(dt))
         elif spec.vision == "qwen":
             self.vision = QwenVision(w, self.config, d, dt)
         else:
