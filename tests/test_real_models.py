@@ -165,7 +165,8 @@ def test_mmada_codes(real):
     m = real["mmada"]
     codes = torch.arange(16)
     p = m.build_prompt([codes], ["what colour is it ?"], 2)
-    assert p.input_ids[0, p.visual_index].tolist() == (codes + 126464).tolist()
+    # code c is token len(tokenizer) + c, as MMaDA adds it (inference_mmu.py 94)
+    assert p.input_ids[0, p.visual_index].tolist() == (codes + len(m.tokenizer.tok)).tolist()
     assert p.input_ids[0, p.visual_index[0] - 1] == LLADA_SPECIAL["<|soi|>"]
     assert p.input_ids[0, p.visual_index[-1] + 1] == LLADA_SPECIAL["<|eoi|>"]
     assert p.grid == (4, 4)
