@@ -107,7 +107,33 @@ def measure_llada_generate(tmp, dtype):
     return max(diffs), top1, tok
 
 
-MEASURES = {"llada-v": measure_llada_v, "dimple": measure_dimple, "mmada": measure_mmada,
+def _measure_lavida(model, module, tmp, dtype):
+    import importlib
+
+    fmt = importlib.import_module(f"redundancy.testing.formats.{module}")
+    t = importlib.import_module(f"tests.test_goldens_{module}")
+    g = load_golden(model)
+    ad = load_adapter(model, fmt.write_real_checkpoint(tmp / model), dtype)
+    diffs, top1, tok = [], [], []
+    for im in IMAGES:
+        p = ad.build_prompt([make_image(im)], [QUESTION], 8)
+        d, a = _pass(ad, p, g, dtype, im)
+        diffs.append(d)
+        top1 += a
+        kw, _, output = t.golden_run(g, dtype, im, "study")
+        tok += _tokens(ad, p, t.toolkit_config(kw), output)
+    return max(diffs), top1, tok
+
+
+def measure_lavida_llada(tmp, dtype):
+    return _measure_lavida("lavida-llada", "lavida_llada", tmp, dtype)
+
+
+def measure_lavida_dream(tmp, dtype):
+    return _measure_lavida("lavida-dream", "lavida_dream", tmp, dtype)
+
+
+MEASURES = {"llada-v": measure_llada_v, "lavida-llada": measure_lavida_llada, "lavida-dream": measure_lavida_dream, "dimple": measure_dimple, "mmada": measure_mmada,
             "llada-generate": measure_llada_generate}
 
 
