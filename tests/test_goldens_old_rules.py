@@ -232,3 +232,59 @@ def test_llada_v_stop_rule(llada_v):
             got = np.stack([r.x_before[0].numpy() for r in tr.steps])
             differs += got.shape != want.shape or not (got == want).all()
     assert differs >= 1
+
+
+# -- LaViDa-Dream -----------------------------------------------------------------------------------
+DREAM = load_golden("lavida-dream")
+
+
+@pytest.fixture(scope="module")
+def dream(tmp_path_factory):
+    from redundancy.testing.formats.lavida_dream import write_real_checkpoint
+
+    return load_adapter("lavida-dream", write_real_checkpoint(tmp_path_factory.mktemp("dream") / "ck"))
+
+
+def _dream_run(ad, image: str, setting: str, **change):
+    from redundancy.generate import generate_from_prompt
+    from redundancy.sampling import DiffusionSampler
+
+    from tests.test_goldens_lavida_dream import golden_run, toolkit_config
+
+    kw, steps, out = golden_run(DREAM, "float32", image, setting)
+    cfg = toolkit_config(kw)
+    cfg = type(cfg)(**{**cfg.__dict__, **change})
+    p = ad.build_prompt([make_image(image)], [QUESTION], 8)
+    tr = generate_from_prompt(ad, p, DiffusionSampler(cfg)).trajectory
+    got = np.stack([r.x_before[0].numpy() for r in tr.steps])
+    return got.shape == steps.shape and (got == steps).all() and (tr.tokens[0].numpy() == out).all()
+
+
+def test_dream_system_text_is_llava_s(dream, monkeypatch):
+    """item 5: conv_dream's system text is LLaVA's; the old "You are a helpful assistant." changes the ids."""
+    from redundancy.models.goldens.toolkit import prompt_text_ids, split_visual
+    from redundancy.models.real.adapter import DREAM_TEMPLATE, QWEN_SYSTEM
+
+    meta = DREAM.meta["dtypes"]["float32"]["per_image"]["wide"]
+    want = split_visual(DREAM.get("float32", "wide", "prompt_ids"), meta["placeholder"])[0]
+    assert prompt_text_ids(dream, dream.build_prompt([make_image("wide")], [QUESTION], 8))[0] == want
+    monkeypatch.setattr(dream, "_prefix", DREAM_TEMPLATE.split("{image}")[0].format(system=QWEN_SYSTEM))
+    assert prompt_text_ids(dream, dream.build_prompt([make_image("wide")], [QUESTION], 8))[0] != want
+
+
+@pytest.mark.parametrize("setting, undo", [("steps_half", {"prefill_first_token": False}),
+                                           ("entropy", {"top_k": None})])
+def test_dream_sampler_rules(dream, setting, undo):
+    """items 14 and Dream's top_k=50: each rule undone changes some trajectory of the goldens."""
+    assert all(_dream_run(dream, im, setting) for im in ("small", "square", "tall", "wide"))
+    assert not all(_dream_run(dream, im, setting, **undo) for im in ("small", "square", "tall", "wide"))
+
+
+def test_dream_caps_the_steps(dream):
+    """item 13: LaViDa's Dream runs min(steps, L) passes; uncapped, the study's 512 steps run 512 passes."""
+    from tests.test_goldens_lavida_dream import golden_run, toolkit_config
+
+    kw, steps, _ = golden_run(DREAM, "float32", "small", "study")
+    cfg = toolkit_config(kw)
+    assert cfg.resolve(8)[0] == len(steps) == 8
+    assert type(cfg)(**{**cfg.__dict__, "cap_steps": False}).resolve(8)[0] == 512
