@@ -345,3 +345,18 @@ def test_dream_schedule_recounts_the_masked_slots():
     assert counts[0] == L
     for a, b, s in zip(counts, counts[1:], range(3)):  # each step commits dream_count of what is masked now
         assert a - b == dream_count(a, s, 4) - (1 if dream_count(a, s, 4) else 0)
+
+
+@pytest.mark.parametrize("cfg", [dict(strategy="topk_margin", steps=4, schedule="dream"),
+                                 dict(strategy="threshold", threshold=0.3, steps=4, threshold_fallback="schedule"),
+                                 dict(strategy="low_confidence", steps=2)])
+def test_rows_decode_independently_of_their_batch_mates(tiny, cfg):
+    """Dream and Dimple count and rank masks over the whole batch (issue 15 item 17); the toolkit
+    decodes each row on its own, so a sample's answer does not depend on what it is batched with."""
+    from redundancy.generate import generate_from_prompt
+
+    prompt = tiny.build_prompt(images(3), QUESTIONS, 4)
+    together = generate_from_prompt(tiny, prompt, DiffusionSampler(SamplerConfig(**cfg))).trajectory.tokens
+    for i in range(3):
+        alone = generate_from_prompt(tiny, prompt.select([i]), DiffusionSampler(SamplerConfig(**cfg))).trajectory
+        assert torch.equal(alone.tokens[0], together[i])
