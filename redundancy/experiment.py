@@ -74,7 +74,7 @@ def model_identity(mc: Mapping[str, Any]) -> dict[str, Any]:
     ident = {k: mc.get(k) for k in MODEL_IDENTITY_FIELDS}
     ident["options"] = dict(mc.get("options") or {})
     check_options(mc["name"], ident["options"])
-    ident.setdefault("device", "cpu")
+    ident["device"] = ident["device"] or "cpu"
     ident["dtype"] = ident["dtype"] or "float32"
     ident["attn_implementation"] = ident["attn_implementation"] or "eager"
     if mc.get("checkpoint") and not Path(mc["checkpoint"]).is_dir():
