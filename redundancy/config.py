@@ -52,6 +52,7 @@ class SamplerConf:
     cap_steps: bool = False  # at most one step per answer slot (LaViDa: min(steps, max_new_tokens))
     prefill_first_token: bool = False  # LaViDa's prefix_lm: slot 0 from the prefill's argmax before step 0
     top_k: Optional[int] = None  # keep the k largest logits per slot before proposing and scoring (Dream's top_k)
+    top_p: Optional[float] = None  # nucleus filtering before proposing and scoring (Dream's / Dimple's top_p)
 
 
 @dataclass

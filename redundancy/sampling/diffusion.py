@@ -52,8 +52,14 @@ class SamplerConfig:
     ``top_k`` keeps only the k largest logits of every slot before proposing and scoring (Dream's
     ``sample_tokens``, LaViDa ``dream/generation_utils.py`` 64-66; LaViDa-Dream runs with the
     generation default ``top_k=50`` its model config carries, 227-229).
+    ``top_p`` keeps the smallest set of most likely tokens whose probability passes ``top_p`` (the
+    first always; applied before ``top_k``, as Dream's and Dimple's ``sample_tokens`` do: Dimple
+    ``generation_utils.py`` 42-53, 71-74). Dimple's eval (``top_p=0.01`` with
+    ``use_original_confidence=False``) thereby makes every confidence 1.0.
     With ``schedule: dream`` each step's count is taken from the slots still masked at that step
-    (Dream recounts them: a committed mask id stays masked).
+    (Dream recounts them: a committed mask id stays masked), and the slots are ranked among the
+    masked ones only (Dream's ``torch.topk`` over the compacted confidences of the masked slots, so
+    equal confidences are ordered as Dream orders them).
     ``stop_at_end`` is LLaDA-V's ``stopping_criteria=['<|eot_id|>']`` (LLaDA-V ``modeling_llada.py``
     ``generate_with_embeds`` 1355-1480): once an end-of-turn token is committed, only the slots before
     the first one are decoded, the block ends when they are all filled, later blocks are skipped and
@@ -78,6 +84,7 @@ class SamplerConfig:
     cap_steps: bool = False
     prefill_first_token: bool = False
     top_k: int | None = None
+    top_p: float | None = None
 
     def resolve(self, answer_length: int) -> tuple[int, int, int]:
         """Validate against an answer length; return (steps, block_length, n_blocks)."""
@@ -92,6 +99,8 @@ class SamplerConfig:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if self.cap_steps:
             steps = min(steps, answer_length)
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (or null), got {self.top_p}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1 (or null), got {self.top_k}")
         if self.prefill_first_token and not self.prefix_cache:
@@ -165,6 +174,17 @@ def _confidence(strategy: str, logits: Tensor, x0: Tensor, gen: torch.Generator 
     raise ValueError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
 
 
+def _top_p(logits: Tensor, top_p: float) -> Tensor:
+    """Nucleus filtering: ``-inf`` outside the smallest set of most likely tokens whose probability
+    exceeds ``top_p`` (the most likely token always stays)."""
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    cum = torch.softmax(sorted_logits.float(), dim=-1).cumsum(-1)
+    drop = cum > top_p
+    drop[..., 1:] = drop[..., :-1].clone()
+    drop[..., 0] = False
+    return logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), -torch.inf)
+
+
 def _propose(logits: Tensor, temperature: float, gen: torch.Generator | None) -> Tensor:
     if temperature == 0:
         return logits.argmax(-1)
@@ -229,9 +249,11 @@ class DiffusionSampler:
                 logits = source(x, g)
                 traj.n_forward += 1
                 scored = logits  # what proposals and confidences see (the records keep the raw logits)
+                if cfg.top_p is not None and cfg.top_p < 1:
+                    scored = _top_p(scored, cfg.top_p)
                 if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
-                    kth = logits.topk(cfg.top_k, dim=-1).values[..., -1:]
-                    scored = logits.masked_fill(logits < kth, -torch.inf)
+                    kth = scored.topk(cfg.top_k, dim=-1).values[..., -1:]
+                    scored = scored.masked_fill(scored < kth, -torch.inf)
                 x0 = _propose(scored, cfg.temperature, gen)
                 conf_logits = scored
                 if cfg.confidence_eos_eot_inf and end_t.numel():
@@ -271,7 +293,10 @@ class DiffusionSampler:
                             m = int(masked[r].sum())
                             k = dream_count(m, s, len(plan))
                         kr = min(k, int(masked[r].sum()))
-                        if kr:
+                        if kr and cfg.schedule == "dream":  # ranked among the masked slots, as Dream does
+                            idx = masked[r].nonzero(as_tuple=True)[0]
+                            commit[r, idx[conf[r, idx].topk(kr).indices]] = True
+                        elif kr:
                             commit[r, conf[r].topk(kr).indices] = True
                 x_before = x.clone()
                 x = torch.where(commit, x0, x)
