@@ -214,7 +214,7 @@ def _loss(model: ToyDMLLM, task: str, indices: Sequence[int], seed: int, objecti
 #: ``v8`` adds training-only colour-keyed questions (:data:`COLOUR_LOOKUP`; colour 0.54).
 #: ``v9`` is ``v6`` over 7000 steps (two threads per model): on toy-scratch seed 0 it passes
 #: every floor (presence 1.00, position 0.98, recall 0.980) in 1942 s, a little over 30 minutes.
-#: The numbers of every variant are in the README.
+#: The numbers of every variant are in docs/zoo.md.
 RECIPES: dict[str, dict] = {
     "v1": {"steps": 1200, "ar_fraction": 0.5, "mix": {"shapes_short": (32, 1.0), "shapes_long": (32, 1.0)}},
     "v2": {"steps": 3000, "ar_fraction": 0.5, "mix": {"shapes_short": (48, 2.0), "shapes_long": (16, 1.0)}},
