@@ -25,6 +25,7 @@ import torch
 
 from redundancy.engine import Engine
 from redundancy.generate import generate_from_prompt
+from tests.golden_params import NAMES, cases, xfail
 from redundancy.models.goldens import ANSWER_LENGTH, DTYPES, IMAGES, QUESTION, file_hashes, load_golden, make_image
 from redundancy.models.goldens.toolkit import full_pass, load_adapter, prompt_text_ids, split_visual
 from redundancy.sampling import DiffusionSampler, SamplerConfig
@@ -32,7 +33,6 @@ from redundancy.testing.formats.lavida_dream import write_real_checkpoint
 
 MODEL = "lavida-dream"
 L = ANSWER_LENGTH
-NAMES = sorted(IMAGES)
 ATOL = {"float32": 1e-4, "bfloat16": 4.0}  # bfloat16: loose (the figures are printed)
 ATOL_LSE = {"float32": 1e-4, "bfloat16": 0.1}
 
@@ -46,19 +46,6 @@ VOCAB = ("new (issue 15 follow-up): LaViDa's builder calls model.resize_token_em
          "toolkit's head keeps all 152064 rows (lm.py load_lm), so its logsumexp includes 397 more logits")
 
 
-def xfail(reason: str):
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-def cases(known: dict | None = None, dtypes=DTYPES, names=NAMES):
-    """(dtype, image) params; ``known`` maps (dtype, image) or dtype or image -> xfail reason."""
-    known = known or {}
-    out = []
-    for dt in dtypes:
-        for n in names:
-            r = known.get((dt, n), known.get(dt, known.get(n, known.get("*"))))
-            out.append(pytest.param(dt, n, id=f"{dt}-{n}", marks=[xfail(r)] if r else []))
-    return out
 
 
 # -- fixtures ---------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import torch
 from redundancy.engine import Engine
 from redundancy.generate import generate_from_prompt
 from redundancy.models.base import Prompt
+from tests.golden_params import NAMES, cases, xfail
 from redundancy.models.goldens import ANSWER_LENGTH, DTYPES, IMAGES, QUESTION, file_hashes, golden_dir, load_golden
 from redundancy.models.goldens import make_image
 from redundancy.models.goldens.toolkit import full_pass, load_adapter, prompt_text_ids, split_visual
@@ -38,7 +39,6 @@ from redundancy.testing.formats.llada_v import write_real_checkpoint
 
 MODEL = "llada-v"
 L = ANSWER_LENGTH
-NAMES = sorted(IMAGES)
 PAD_NAMES = [f"pad.{n}" for n in NAMES]
 ATOL = {"float32": 1e-4, "bfloat16": 0.25}  # bfloat16: loose (reported)
 EOT_ID = 126348
@@ -48,19 +48,6 @@ pytestmark = pytest.mark.skipif(not (golden_dir(MODEL) / "meta.json").is_file(),
 # fixed since: the vocabulary cut (resize_to_tokenizer) and no newline for a padded tile (issue 15 item 3)
 
 
-def xfail(reason: str):
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-def cases(known: dict | None = None, dtypes=DTYPES, names=NAMES):
-    """(dtype, image) params; ``known`` maps (dtype, image), dtype, image or '*' -> xfail reason."""
-    known = known or {}
-    out = []
-    for dt in dtypes:
-        for n in names:
-            r = known.get((dt, n), known.get(dt, known.get(n, known.get("*"))))
-            out.append(pytest.param(dt, n, id=f"{dt}-{n}", marks=[xfail(r)] if r else []))
-    return out
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
